@@ -1,0 +1,15 @@
+"""Shared fixtures.  Real tools only: a test that needs Nix or runc requires it."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+
+def require_tool(name: str) -> str:
+    """The path of ``name``; fails (not skips) when missing: ``./dev test`` installs it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; run the suite through ./dev test, which installs it")
+    return path
