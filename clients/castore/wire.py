@@ -1,0 +1,126 @@
+"""The one place converting tvix.castore.v1 betterproto messages to and from domain types.
+
+Decoding is defensive: betterproto does not check wire types (a varint where
+a message belongs decodes as an ``int``), so every field's Python type is
+checked here and anything malformed raises :class:`InvalidRequest` naming the
+field.  Decoding does *not* apply the protocol rules; call
+``Directory.validate()`` for that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import betterproto
+
+from clients.castore.model import Directory, DirectoryNode, FileNode, Node, SymlinkNode
+from clients.errors import InvalidRequest
+from proto.gen.tvix.castore import v1 as castore_pb
+
+
+def _field(message: Any, name: str, kind: type, where: str) -> Any:
+    value = getattr(message, name)
+    if type(value) is not kind:
+        raise InvalidRequest(
+            f"malformed {where}: field {name!r} has wire type of {type(value).__name__}, "
+            f"expected {kind.__name__}"
+        )
+    return value
+
+
+def _message(value: object, kind: type, where: str) -> Any:
+    if not isinstance(value, kind):
+        raise InvalidRequest(
+            f"malformed {where}: expected a {kind.__name__} message, got {type(value).__name__}"
+        )
+    return value
+
+
+def directory_node_from_proto(message: castore_pb.DirectoryNode) -> DirectoryNode:
+    m = _message(message, castore_pb.DirectoryNode, "DirectoryNode")
+    return DirectoryNode(
+        name=_field(m, "name", bytes, "DirectoryNode"),
+        digest=_field(m, "digest", bytes, "DirectoryNode"),
+        size=_field(m, "size", int, "DirectoryNode"),
+    )
+
+
+def file_node_from_proto(message: castore_pb.FileNode) -> FileNode:
+    m = _message(message, castore_pb.FileNode, "FileNode")
+    return FileNode(
+        name=_field(m, "name", bytes, "FileNode"),
+        digest=_field(m, "digest", bytes, "FileNode"),
+        size=_field(m, "size", int, "FileNode"),
+        executable=_field(m, "executable", bool, "FileNode"),
+    )
+
+
+def symlink_node_from_proto(message: castore_pb.SymlinkNode) -> SymlinkNode:
+    m = _message(message, castore_pb.SymlinkNode, "SymlinkNode")
+    return SymlinkNode(
+        name=_field(m, "name", bytes, "SymlinkNode"),
+        target=_field(m, "target", bytes, "SymlinkNode"),
+    )
+
+
+def directory_from_proto(message: castore_pb.Directory) -> Directory:
+    """The domain Directory of a message (not validated; unknown fields are dropped)."""
+    m = _message(message, castore_pb.Directory, "Directory")
+    return Directory(
+        directories=tuple(directory_node_from_proto(n) for n in m.directories),
+        files=tuple(file_node_from_proto(n) for n in m.files),
+        symlinks=tuple(symlink_node_from_proto(n) for n in m.symlinks),
+    )
+
+
+def directory_to_proto(directory: Directory) -> castore_pb.Directory:
+    return castore_pb.Directory(
+        directories=[
+            castore_pb.DirectoryNode(name=n.name, digest=n.digest, size=n.size)
+            for n in directory.directories
+        ],
+        files=[
+            castore_pb.FileNode(name=n.name, digest=n.digest, size=n.size, executable=n.executable)
+            for n in directory.files
+        ],
+        symlinks=[castore_pb.SymlinkNode(name=n.name, target=n.target) for n in directory.symlinks],
+    )
+
+
+def node_from_proto(message: castore_pb.Node) -> Node:
+    """The node in a ``Node`` oneof; InvalidRequest when none is set."""
+    m = _message(message, castore_pb.Node, "Node")
+    which, value = betterproto.which_one_of(m, "node")
+    match which:
+        case "directory":
+            return directory_node_from_proto(value)
+        case "file":
+            return file_node_from_proto(value)
+        case "symlink":
+            return symlink_node_from_proto(value)
+    raise InvalidRequest("malformed Node: none of directory, file, symlink is set")
+
+
+def node_to_proto(node: Node) -> castore_pb.Node:
+    match node:
+        case DirectoryNode(name, digest, size):
+            return castore_pb.Node(
+                directory=castore_pb.DirectoryNode(name=name, digest=digest, size=size)
+            )
+        case FileNode(name, digest, size, executable):
+            return castore_pb.Node(
+                file=castore_pb.FileNode(name=name, digest=digest, size=size, executable=executable)
+            )
+        case SymlinkNode(name, target):
+            return castore_pb.Node(symlink=castore_pb.SymlinkNode(name=name, target=target))
+
+
+def decode_directory(data: bytes) -> Directory:
+    """Parse a protobuf-encoded Directory (not validated); InvalidRequest when malformed."""
+    try:
+        message = castore_pb.Directory().parse(data)
+    except Exception as exc:  # betterproto raises assorted types for truncated input
+        raise InvalidRequest(
+            f"malformed Directory protobuf ({len(data)} bytes): {type(exc).__name__}: {exc}"
+        ) from exc
+    return directory_from_proto(message)

@@ -1,0 +1,82 @@
+"""Castore backends by URL: composition is configuration, not code.
+
+==========================  ===================================================
+URL                         backend
+==========================  ===================================================
+``memory://``               blobs / directories in memory
+``objectstore+file:///d``   blobs: one file per blob under ``/d`` (blobs only)
+``sqlite:///p/file.db``     directories: a SQLite file (directories only)
+``grpc+unix:///p.sock``     the gRPC adapter over a unix socket
+``grpc+http://host:port``   the gRPC adapter over plaintext TCP
+==========================  ===================================================
+
+Each backend checks the rest of its own URL; an unknown scheme or a bad shape
+raises ``InvalidRequest`` quoting the URL.  The constructors are async because
+opening a backend does I/O (creating directories, opening a database).  The
+caller owns the returned service and must ``await service.close()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from clients.castore.grpc import GrpcBlobService, GrpcDirectoryService
+from clients.castore.protocols import BlobService, DirectoryService
+from clients.errors import InvalidRequest
+from tvixd.castore.blobs.memory import MemoryBlobService
+from tvixd.castore.blobs.objectstore import ObjectStoreBlobService
+from tvixd.castore.directories.memory import MemoryDirectoryService
+from tvixd.castore.directories.sqlite import SqliteDirectoryService
+
+
+async def _grpc_blobs(url: str) -> BlobService:
+    return GrpcBlobService.from_url(url)
+
+
+async def _grpc_directories(url: str) -> DirectoryService:
+    return GrpcDirectoryService.from_url(url)
+
+
+_BLOB_BACKENDS: Mapping[str, Callable[[str], Awaitable[BlobService]]] = {
+    "memory": MemoryBlobService.from_url,
+    "objectstore+file": ObjectStoreBlobService.from_url,
+    "grpc+unix": _grpc_blobs,
+    "grpc+http": _grpc_blobs,
+}
+
+_DIRECTORY_BACKENDS: Mapping[str, Callable[[str], Awaitable[DirectoryService]]] = {
+    "memory": MemoryDirectoryService.from_url,
+    "sqlite": SqliteDirectoryService.from_url,
+    "grpc+unix": _grpc_directories,
+    "grpc+http": _grpc_directories,
+}
+
+
+def _pick(kind: str, url: object, backends: Mapping[str, Any]) -> Any:
+    if not isinstance(url, str):
+        raise InvalidRequest(f"a {kind} service URL is a string, got {type(url).__name__}")
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise InvalidRequest(f"{kind} service URL {url!r} is not a URL (expected scheme://...)")
+    factory = backends.get(scheme)
+    if factory is None:
+        supported = ", ".join(f"{s}://" for s in backends)
+        raise InvalidRequest(
+            f"{kind} service URL {url!r}: unsupported scheme {scheme!r} (supported: {supported})"
+        )
+    return factory
+
+
+async def blob_service_from_url(url: str) -> BlobService:
+    """Open the blob service ``url`` names."""
+    factory: Callable[[str], Awaitable[BlobService]] = _pick("blob", url, _BLOB_BACKENDS)
+    return await factory(url)
+
+
+async def directory_service_from_url(url: str) -> DirectoryService:
+    """Open the directory service ``url`` names."""
+    factory: Callable[[str], Awaitable[DirectoryService]] = _pick(
+        "directory", url, _DIRECTORY_BACKENDS
+    )
+    return await factory(url)
