@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 
 import pytest
+from blockbuster import blockbuster_ctx
 
 from tests.interop import GrpcioProtos, compile_grpcio
 
@@ -21,3 +23,17 @@ def require_tool(name: str) -> str:
 def grpcio_protos(tmp_path_factory: pytest.TempPathFactory) -> GrpcioProtos:
     """Our .proto files compiled by grpcio-tools: an independent implementation (tests/interop.py)."""
     return compile_grpcio(tmp_path_factory.mktemp("grpcio-protos"))
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_in_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In async tests, a blocking call (file I/O, sleep, sqlite, ...) made on the loop by our code fails.
+
+    Scans only our packages, so library internals (grpclib's sockets) are left alone;
+    code that runs in worker threads (anyio.to_thread) is not affected.
+    """
+    if request.node.get_closest_marker("asyncio") is None:
+        yield
+        return
+    with blockbuster_ctx(["clients", "tvixd", "nixcompat", "fsm"]):
+        yield
