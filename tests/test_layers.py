@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,10 @@ def test_no_import_breaks_the_layers() -> None:
 
 
 def test_import_linter_contract_holds() -> None:
-    exe = shutil.which("lint-imports")
+    # next to our interpreter (the venv), whatever PATH says
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which(
+        "lint-imports"
+    )
     if exe is None:
         pytest.fail("lint-imports (import-linter) is not installed; run ./dev test")
     proc = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True, check=False)
