@@ -1,0 +1,1 @@
+"""Tests of the store: path infos, NAR bridging."""
