@@ -31,6 +31,7 @@ from clients.castore.protocols import BlobService, DirectoryService
 from clients.errors import InvalidRequest
 from clients.store.grpc import GrpcPathInfoService
 from clients.store.protocols import PathInfoService
+from tvixd.store.nixfile import NixFilePathInfoService
 from tvixd.store.pathinfo.memory import MemoryPathInfoService
 from tvixd.store.pathinfo.sqlite import SqlitePathInfoService
 
@@ -56,6 +57,7 @@ PATH_INFO_BACKENDS: Mapping[str, PathInfoBackend] = MappingProxyType(
         "sqlite": _sqlite,
         "grpc+unix": _grpc,
         "grpc+http": _grpc,
+        "nix+file": NixFilePathInfoService.from_url,
     }
 )
 """Every backend by URL scheme (read-only; extend by copying, see the module docstring)."""
