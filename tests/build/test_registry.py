@@ -1,0 +1,103 @@
+"""Build services by URL: the accepted and rejected shapes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from clients.build.grpc import GrpcBuildService
+from clients.build.protocols import BuildService
+from clients.errors import InvalidRequest
+from tvixd.build.dummy import DummyBuildService
+from tvixd.build.oci.service import OciBuildService
+from tvixd.build.registry import build_service_from_url
+from tvixd.castore.blobs.memory import MemoryBlobService
+from tvixd.castore.directories.memory import MemoryDirectoryService
+
+pytestmark = pytest.mark.asyncio
+
+
+async def open_url(url: str) -> BuildService:
+    return await build_service_from_url(
+        url, blobs=MemoryBlobService(), directories=MemoryDirectoryService()
+    )
+
+
+async def test_oci_url_with_parameters(tmp_path: Path) -> None:
+    url = (
+        f"oci://{tmp_path}/state?max_builds=3&timeout=2.5&uid=2000&gid=200&ro_paths=/etc,/usr"
+        "&systems=x86_64-linux&sandbox_shell=&nofile=4096&pids_limit=100"
+    )
+    service = await open_url(url)
+    try:
+        assert isinstance(service, OciBuildService)
+        assert service.max_builds == 3
+        assert service.timeout == 2.5
+        assert service.systems == {"x86_64-linux"}
+        assert (service.sandbox.uid, service.sandbox.gid) == (2000, 200)
+        assert service.sandbox.sandbox_shell is None
+        assert (service.sandbox.nofile, service.sandbox.pids_limit) == (4096, 100)
+        with pytest.raises(Exception, match="in use by another builder"):
+            await open_url(f"oci://{tmp_path}/state")
+    finally:
+        await service.close()
+    default = await open_url(f"oci://{tmp_path}/state")
+    assert isinstance(default, OciBuildService)
+    assert default.timeout is None
+    assert default.max_builds >= 1
+    await default.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("dummy://", DummyBuildService),
+        ("dummy://?fail=all&delay=0.1", DummyBuildService),
+        ("grpc+unix:///run/tvixd/build.sock", GrpcBuildService),
+        ("grpc+unix:///run/tvixd/build.sock?api=dobuild", GrpcBuildService),
+        ("grpc+http://localhost:5000", GrpcBuildService),
+    ],
+)
+async def test_accepted_urls(url: str, kind: type) -> None:
+    service = await open_url(url)
+    assert isinstance(service, kind)
+    await service.close()
+
+
+async def test_dummy_url_parameters() -> None:
+    service = await open_url("dummy://?fail=all&delay=0.25")
+    assert isinstance(service, DummyBuildService)
+    assert (service.fail_all, service.delay) == (True, 0.25)
+    grpc = await open_url("grpc+unix:///x.sock?api=dobuild")
+    assert "DoBuild" in repr(grpc)
+    await grpc.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://x", "unsupported scheme"),
+        ("oci", "unsupported scheme"),
+        ("oci://host/state", "three slashes"),
+        ("oci:///", "not the root"),
+        ("oci:///tmp/x?max_builds=0", "bad value '0' for 'max_builds'"),
+        ("oci:///tmp/x?max_builds=two", "bad value 'two' for 'max_builds'"),
+        ("oci:///tmp/x?timeout=-1", "bad value '-1' for 'timeout'"),
+        ("oci:///tmp/x?uid=-5", "must not be negative"),
+        ("oci:///tmp/x?ro_paths=relative", "bad value 'relative' for 'ro_paths'"),
+        ("oci:///tmp/x?sandbox_shell=bin/sh", "sandbox_shell must be an absolute path"),
+        ("oci:///tmp/x?colour=blue", "unknown parameters ['colour']"),
+        ("oci:///tmp/x?timeout=1&timeout=2", "given twice"),
+        ("dummy://host", "takes no host"),
+        ("dummy://?fail=sometimes", "bad value 'sometimes' for 'fail'"),
+        ("dummy://?delay=-1", "must not be negative"),
+        ("grpc+unix://relative.sock", "grpc+unix takes no host"),
+        ("grpc+http://host", "needs host:port"),
+        ("grpc+http://host:1?api=rest", "bad value 'rest' for 'api'"),
+    ],
+)
+async def test_rejected_urls(url: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        await open_url(url)

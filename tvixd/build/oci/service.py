@@ -1,0 +1,288 @@
+"""The OCI builder: BuildRequests run in runc containers, outputs ingested into the castore.
+
+Per build (at most ``max_builds`` at a time, default: the number of cores):
+
+1. check the request against this builder (system, read-only host paths it
+   allows, a sandbox shell for ``/bin/sh``, outputs inside scratch paths);
+2. materialize the inputs (:class:`~tvixd.build.oci.materialize.InputCache`:
+   once per builder, shared read-only);
+3. prepare a bundle (:mod:`~tvixd.build.oci.bundle`) under
+   ``<state>/builds/<id>`` and run it (:mod:`~tvixd.build.oci.runner`),
+   streaming log lines, within ``timeout`` seconds;
+4. check: a zero exit, every output present, for a fixed output the declared
+   hash (Nix's mismatch message, both hashes), no references from a fixed
+   output; scan every output for the refscan needles;
+5. only then ingest the outputs into the castore and return the Build.
+
+A failure at step 1 is ``InvalidRequest``; at steps 3 and 4 ``BuildFailed`` with the log
+tail.  Whatever happens (cancellation included), the container is killed and
+the bundle removed, shielded and bounded; a failed build puts nothing into
+the castore.  State directory layout: ``builds/`` (bundles), ``inputs/``
+(materialized inputs), ``runc/`` (runc's state), ``lock`` (one builder per
+state directory).  Opening the builder removes what a crash left there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import platform
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import anyio
+import anyio.to_thread
+
+from clients.build.errors import BuildError, BuildFailed
+from clients.build.model import Build, BuildRequest
+from clients.build.protocols import LogSink
+from clients.castore.model import DirectoryNode, FileNode, Node, SymlinkNode
+from clients.castore.protocols import BlobService, DirectoryService
+from clients.errors import InvalidRequest
+from clients.store.ingest import ingest_path
+from nixcompat.nar import NarError
+from tvixd.build.oci.bundle import Bundle, SandboxConfig, prepare_bundle
+from tvixd.build.oci.materialize import InputCache
+from tvixd.build.oci.outputs import FixedOutput, fixed_output_of, hash_mismatch, inspect_output
+from tvixd.build.oci.runner import CLEANUP_TIMEOUT, Runc, RunResult
+
+__all__ = ["OciBuildService", "OciConfig", "default_systems"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OciConfig:
+    """How an OCI builder runs builds (``oci://`` URL parameters build one).
+
+    ``max_builds``: builds at once (None: the number of cores); ``timeout``:
+    seconds per build (None: no limit); ``allowed_ro_paths``: host paths a
+    request may ask for as ``available_ro_paths``; ``systems``: the systems
+    built here (None: :func:`default_systems`).
+    """
+
+    max_builds: int | None = None
+    timeout: float | None = None
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    runc: str = "runc"
+    allowed_ro_paths: tuple[str, ...] = ()
+    systems: tuple[str, ...] | None = None
+
+
+def default_systems() -> tuple[str, ...]:
+    """The Nix systems this machine runs natively (``x86_64-linux`` also runs ``i686-linux``)."""
+    machine = platform.machine()
+    if machine in ("x86_64", "AMD64"):
+        return ("x86_64-linux", "i686-linux")
+    if machine in ("aarch64", "arm64"):
+        return ("aarch64-linux",)
+    return (f"{machine}-linux",)
+
+
+def _lock(path: Path) -> IO[bytes]:
+    f = path.open("wb")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise BuildError(f"{path.parent} is in use by another builder") from None
+    return f
+
+
+def _setup(state: Path) -> tuple[Path, IO[bytes]]:
+    state = state.absolute()
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = _lock(state / "lock")
+    (state / "runc").mkdir(mode=0o700, exist_ok=True)
+    return state, lock
+
+
+def _clear_builds(builds: Path) -> None:
+    if builds.exists():
+        shutil.rmtree(builds)
+    builds.mkdir(mode=0o700)
+
+
+class OciBuildService:
+    """``BuildService`` running builds under runc; see the module docstring."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        blobs: BlobService,
+        directories: DirectoryService,
+        inputs: InputCache,
+        lock: IO[bytes],
+        config: OciConfig,
+    ) -> None:
+        self._state = state_dir
+        self._blobs = blobs
+        self._directories = directories
+        self._inputs = inputs
+        self._lock_file: IO[bytes] | None = lock
+        self.config = config
+        self.max_builds = config.max_builds or os.cpu_count() or 1
+        self._slots = anyio.Semaphore(self.max_builds)
+        self.timeout = config.timeout
+        self.sandbox = config.sandbox
+        self._runc = Runc(state_dir / "runc", runc=config.runc)
+        self._allowed_ro = frozenset(config.allowed_ro_paths)
+        self.systems = frozenset(default_systems() if config.systems is None else config.systems)
+
+    @classmethod
+    async def open(
+        cls,
+        state_dir: str | os.PathLike[str],
+        blobs: BlobService,
+        directories: DirectoryService,
+        config: OciConfig | None = None,
+    ) -> OciBuildService:
+        """A builder over ``state_dir`` (created if needed); clears what a crash left behind."""
+        state, lock = await anyio.to_thread.run_sync(_setup, Path(state_dir))
+        try:
+            inputs = await InputCache.open(state / "inputs", blobs, directories)
+            service = cls(state, blobs, directories, inputs, lock, config or OciConfig())
+            stale = await service._runc.remove_all()  # before their bundles go
+            await anyio.to_thread.run_sync(_clear_builds, state / "builds")
+        except BaseException:
+            lock.close()
+            raise
+        if stale:
+            log.warning("removed %d containers left by a previous run: %s", len(stale), stale)
+        return service
+
+    def __repr__(self) -> str:
+        return f"OciBuildService({self._state}, max_builds={self.max_builds})"
+
+    async def close(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _check(self, request: BuildRequest) -> None:
+        c = request.constraints
+        if c.system not in self.systems:
+            raise InvalidRequest(
+                f"a {c.system!r} builder is required, this one builds {sorted(self.systems)}"
+            )
+        for path in c.available_ro_paths:
+            if path not in self._allowed_ro:
+                raise InvalidRequest(
+                    f"available_ro_paths {path!r} is not allowed on this builder "
+                    f"(allowed: {sorted(self._allowed_ro)})"
+                )
+        if c.provide_bin_sh and self.sandbox.sandbox_shell is None:
+            raise InvalidRequest("/bin/sh was requested but this builder has no sandbox shell")
+        scratch = request.scratch_paths
+        prefix = request.inputs_dir + "/" if request.inputs_dir else ""
+        inputs = set()
+        for node in request.inputs:
+            try:
+                inputs.add(prefix + node.name.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InvalidRequest(f"input name {node.name!r} is not UTF-8") from None
+        for path in [f.path for f in request.additional_files] + [request.working_dir]:
+            for i in inputs:
+                if path == i or path.startswith(i + "/"):
+                    raise InvalidRequest(f"{path!r} would be inside the read-only input {i!r}")
+        for output in request.outputs:
+            if not any(output.startswith(s + "/") for s in scratch):
+                raise InvalidRequest(
+                    f"output {output!r} is not inside a scratch path {list(scratch)}; "
+                    "the build could never write it"
+                )
+            if output in inputs:
+                raise InvalidRequest(f"output {output!r} is also an input")
+
+    async def build(self, request: BuildRequest, *, on_log: LogSink | None = None) -> Build:
+        self._check(request)
+        fixed = fixed_output_of(request)
+        async with self._slots:
+            container_id = f"tvixd-{uuid.uuid4().hex}"
+            bundle_dir = self._state / "builds" / container_id
+            try:
+                inputs = await self._materialize(request.inputs)
+                bundle = await anyio.to_thread.run_sync(
+                    prepare_bundle, request, bundle_dir, inputs, self.sandbox
+                )
+                result = await self._runc.run(
+                    bundle_dir, container_id, on_line=on_log, time_limit=self.timeout
+                )
+                return await self._collect(request, bundle, result, fixed)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                    await anyio.to_thread.run_sync(_remove_tree, bundle_dir)
+
+    async def _materialize(self, nodes: Iterable[Node]) -> dict[bytes, Path]:
+        paths: dict[bytes, Path] = {}
+
+        async def one(node: DirectoryNode | FileNode) -> None:
+            paths[node.name] = await self._inputs.get(node)
+
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                if not isinstance(node, SymlinkNode):
+                    tg.start_soon(one, node)
+        return paths
+
+    async def _collect(
+        self, request: BuildRequest, bundle: Bundle, result: RunResult, fixed: FixedOutput | None
+    ) -> Build:
+        tail = result.tail
+        if result.timed_out:
+            raise BuildFailed(f"build timed out after {self.timeout} seconds", log_tail=tail)
+        if result.exit_code != 0:
+            raise BuildFailed(
+                f"builder failed with exit code {result.exit_code}",
+                exit_code=result.exit_code,
+                log_tail=tail,
+            )
+        hosts = [bundle.host_path(output) for output in request.outputs]
+
+        def failed(reason: str) -> BuildFailed:
+            """A failure found after the builder exited 0."""
+            return BuildFailed(reason, exit_code=0, log_tail=tail)
+
+        for output, host in zip(request.outputs, hosts, strict=True):
+            if not await anyio.to_thread.run_sync(os.path.lexists, host):
+                raise failed(f"builder succeeded but did not produce output '/{output}'")
+        needles: list[tuple[int, ...]] = []
+        for output, host in zip(request.outputs, hosts, strict=True):
+            try:
+                check = await anyio.to_thread.run_sync(
+                    inspect_output, str(host), request.refscan_needles, fixed
+                )
+            except InvalidRequest as exc:  # a flat fixed output that is not a plain file
+                raise failed(str(exc).replace(str(host), "/" + output)) from exc
+            except NarError as exc:  # a socket, fifo or device in the output
+                message = str(exc).replace(str(host), "/" + output)
+                raise failed(f"output '/{output}' cannot be stored: {message}") from exc
+            if fixed is not None and check.hash != fixed.hash:
+                assert check.hash is not None
+                raise failed(hash_mismatch("/" + output, fixed.hash, check.hash))
+            if fixed is not None and check.needles:
+                found = sorted(request.refscan_needles[i] for i in check.needles)
+                raise failed(
+                    f"illegal path references in fixed-output derivation '/{output}': {found}"
+                )
+            needles.append(tuple(sorted(check.needles)))
+        nodes = []
+        for output, host in zip(request.outputs, hosts, strict=True):
+            try:
+                ingested = await ingest_path(
+                    host, self._blobs, self._directories, name=output.rsplit("/", 1)[-1].encode()
+                )
+            except (OSError, NarError) as exc:  # the checks above read it: this is not the build
+                raise BuildError(f"could not ingest output '/{output}': {exc}") from exc
+            nodes.append(ingested.node)
+        return Build(request, tuple(nodes), tuple(needles))
+
+
+def _remove_tree(path: Path) -> None:
+    if os.path.lexists(path):
+        shutil.rmtree(path, ignore_errors=True)
