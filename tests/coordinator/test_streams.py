@@ -1,0 +1,121 @@
+"""Watch (resumable, live) and FollowLog (live and after the fact), through the gRPC API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from proto.gen.tvixd import v1 as tvixd_pb
+from tests.coordinator.harness import Stores, running
+from tests.coordinator.helpers import (
+    ChattyBuilder,
+    assert_gapless,
+    body,
+    drv_states,
+    job_states,
+    log_lines,
+)
+from tests.coordinator.nixfiles import graph_nix, instantiate
+from tvixd.build.dummy import DummyBuildService
+from tvixd.journal import DROPPED_LINE
+
+pytestmark = [pytest.mark.nix, pytest.mark.asyncio]
+
+
+async def test_watch_resumes_without_gaps_or_duplicates(tmp_path: Path) -> None:
+    nix = graph_nix(tmp_path, {"a": [], "b": ["a"], "c": ["b"]})
+    stores = Stores()
+    builder = DummyBuildService(stores.blobs, delay=0.1)
+    async with running(tmp_path, builder=builder, stores=stores) as env:
+        job = await env.submit_file(nix, "c")
+        first: list[tvixd_pb.JobEvent] = []
+        with anyio.fail_after(20):
+            async for event in env.stub.watch(tvixd_pb.WatchRequest(job_id=job.id, follow=True)):
+                first.append(event)
+                if len(first) == 6:
+                    break  # a client disconnecting mid-job
+        rest = await env.events(job.id, from_seq=first[-1].seq)
+        everything = first + rest
+        assert_gapless(everything)
+        assert job_states(everything)[-1] == "succeeded"
+
+        # After the fact: the whole log, any suffix of it, and follow=false ends after replay.
+        replay = await env.events(job.id)
+        assert replay == everything
+        for start in (0, 3, len(everything) - 1, len(everything)):
+            suffix = [
+                e
+                async for e in env.stub.watch(
+                    tvixd_pb.WatchRequest(job_id=job.id, from_seq=start, follow=False)
+                )
+            ]
+            assert suffix == everything[start:]
+
+
+async def test_watch_without_follow_ends_after_the_stored_events(tmp_path: Path) -> None:
+    nix = graph_nix(tmp_path, {"slow": []})
+    stores = Stores()
+    async with running(
+        tmp_path, builder=DummyBuildService(stores.blobs, delay=1.0), stores=stores
+    ) as env:
+        job = await env.submit_file(nix, "slow")
+        with anyio.fail_after(5):
+            snapshot = [
+                e async for e in env.stub.watch(tvixd_pb.WatchRequest(job_id=job.id, follow=False))
+            ]
+        assert snapshot
+        assert_gapless(snapshot + (await env.events(job.id, from_seq=snapshot[-1].seq)))
+
+
+async def test_follow_log_live_and_after_the_fact(tmp_path: Path) -> None:
+    nix = graph_nix(tmp_path, {"chatty": []})
+    (drv,) = instantiate(nix, "chatty")
+    stores = Stores()
+    builder = ChattyBuilder(DummyBuildService(stores.blobs), lines=30, pause=0.02)
+    async with running(tmp_path, builder=builder, stores=stores) as env:
+        job = await env.submit_file(nix, "chatty")
+        with anyio.fail_after(10):
+            await builder.started.wait()
+            live = [
+                line
+                async for line in env.stub.follow_log(
+                    tvixd_pb.FollowLogRequest(drv_path=drv, follow=True)
+                )
+            ]
+        expected = [f"line {i}".encode() for i in range(30)]
+        assert [line.line for line in live][:30] == expected  # in order, none missed, ended
+        assert {(line.drv_path, line.attempt) for line in live} == {(drv, 1)}
+        events = await env.events(job.id)
+        assert log_lines(events)[:30] == expected  # the same lines reached the job's watchers
+        stored = [
+            line.line async for line in env.stub.follow_log(tvixd_pb.FollowLogRequest(drv_path=drv))
+        ]
+        assert stored == [line.line for line in live]
+
+
+async def test_stored_log_keeps_the_last_bytes(tmp_path: Path) -> None:
+    nix = graph_nix(tmp_path, {"verbose": []})
+    (drv,) = instantiate(nix, "verbose")
+    stores = Stores()
+    builder = ChattyBuilder(DummyBuildService(stores.blobs), lines=200)
+    async with running(tmp_path, builder=builder, stores=stores, log_cap=100) as env:
+        job = await env.submit_file(nix, "verbose")
+        events = await env.events(job.id)
+        assert job_states(events)[-1] == "succeeded"
+        stored = [
+            line.line async for line in env.stub.follow_log(tvixd_pb.FollowLogRequest(drv_path=drv))
+        ]
+        assert 0 < sum(map(len, stored)) <= 100
+        assert stored[-1].startswith(b"dummy build of")  # the newest lines are kept
+        assert b"line 199" in stored
+        # Replayed events of dropped lines say so; the sequence has no gaps.
+        replayed = await env.events(job.id)
+        assert_gapless(replayed)
+        lines = log_lines(replayed)
+        assert len(lines) == 201
+        assert lines[0] == DROPPED_LINE
+        assert lines[-1] == stored[-1]
+        assert [body(e)[0] for e in replayed] == [body(e)[0] for e in events]
+        assert drv_states(replayed) == drv_states(events)

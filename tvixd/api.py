@@ -1,0 +1,236 @@
+"""The ``tvixd.v1.Coordinator`` gRPC service: a thin servicer over :class:`~tvixd.coordinator.Coordinator`.
+
+The servicer only converts — wire messages to domain types and back, in the
+functions below — and translates errors to gRPC status in one place
+(:func:`_boundary`):
+
+=================================  ====================
+error                              status
+=================================  ====================
+``InvalidRequest``                 ``INVALID_ARGUMENT``
+``NotFound``                       ``NOT_FOUND``
+``Unavailable``                    ``UNAVAILABLE``
+``StorageError`` (the journal)     ``INTERNAL``
+anything else                      ``INTERNAL`` (logged)
+=================================  ====================
+
+A submit request larger than ``limits.max_request_bytes`` (1 MiB), or with
+more than 1000 attribute paths or ``.drv`` paths, is ``INVALID_ARGUMENT``.
+``Job.counts`` is keyed by the ``DerivationState`` enum value names
+(``"DERIVATION_STATE_DONE"``, …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
+
+import betterproto
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from clients.errors import InvalidRequest
+from fsm import DrvState, JobState
+from proto.gen.tvixd import v1 as tvixd_pb
+from tvixd.castore.server import status_boundary
+from tvixd.coordinator import Coordinator, Unavailable
+from tvixd.eval.protocol import NixArg
+from tvixd.journal.model import (
+    DerivationStateChanged,
+    DrvPathsSource,
+    JobEvent,
+    JobInfo,
+    JobSpec,
+    JobStateChanged,
+    LogLine,
+    NixFileSource,
+)
+
+__all__ = [
+    "CoordinatorServicer",
+    "coordinator_servicers",
+    "counts_key",
+    "job_to_proto",
+    "spec_from_proto",
+]
+
+
+@contextmanager
+def _boundary(method: str) -> Iterator[None]:
+    with status_boundary(f"Coordinator.{method}"):  # passes GRPCError through
+        try:
+            yield
+        except Unavailable as exc:
+            raise GRPCError(Status.UNAVAILABLE, str(exc)) from exc
+
+
+# -- wire -> domain ----------------------------------------------------------------------
+
+
+def _arg_from_proto(arg: tvixd_pb.NixArg, index: int) -> NixArg:
+    which, _ = betterproto.which_one_of(arg, "value")
+    if which == "str":
+        return NixArg(arg.name, arg.str, True)
+    if which == "expr":
+        return NixArg(arg.name, arg.expr, False)
+    raise InvalidRequest(f"nix_file.args[{index}] ({arg.name!r}) has neither expr nor str")
+
+
+def spec_from_proto(request: tvixd_pb.SubmitRequest) -> JobSpec:
+    """The job spec of a submit request (shapes only; :meth:`JobSpec.validate` checks limits)."""
+    which, _ = betterproto.which_one_of(request, "source")
+    if which == "nix_file":
+        source = request.nix_file
+        return JobSpec(
+            NixFileSource(
+                path=source.path,
+                attr_paths=tuple(source.attr_paths),
+                args=tuple(_arg_from_proto(a, i) for i, a in enumerate(source.args)),
+            ),
+            request.keep_going,
+        )
+    if which == "drv_paths":
+        return JobSpec(DrvPathsSource(tuple(request.drv_paths.paths)), request.keep_going)
+    raise InvalidRequest("SubmitRequest.source is not set (expected nix_file or drv_paths)")
+
+
+# -- domain -> wire ----------------------------------------------------------------------
+
+
+def _job_state(state: JobState) -> tvixd_pb.JobState:
+    return tvixd_pb.JobState[state.name]
+
+
+def _drv_state(state: DrvState) -> tvixd_pb.DerivationState:
+    return tvixd_pb.DerivationState[state.name]
+
+
+def counts_key(state: DrvState) -> str:
+    """The key of ``state`` in ``Job.counts``: the proto enum value name."""
+    return f"DERIVATION_STATE_{state.name}"
+
+
+def spec_to_proto(spec: JobSpec) -> tvixd_pb.SubmitRequest:
+    source = spec.source
+    if isinstance(source, NixFileSource):
+        args = [
+            tvixd_pb.NixArg(name=a.name, str=a.value)
+            if a.is_string
+            else tvixd_pb.NixArg(name=a.name, expr=a.value)
+            for a in source.args
+        ]
+        nix = tvixd_pb.NixFile(path=source.path, attr_paths=list(source.attr_paths), args=args)
+        return tvixd_pb.SubmitRequest(nix_file=nix, keep_going=spec.keep_going)
+    return tvixd_pb.SubmitRequest(
+        drv_paths=tvixd_pb.DrvPaths(paths=list(source.paths)), keep_going=spec.keep_going
+    )
+
+
+def job_to_proto(info: JobInfo) -> tvixd_pb.Job:
+    """The wire form of a job."""
+    return tvixd_pb.Job(
+        id=info.id,
+        state=_job_state(info.state),
+        request=spec_to_proto(info.spec),
+        created_unix_ms=info.created_ms,
+        updated_unix_ms=info.updated_ms,
+        counts={counts_key(DrvState(k)): v for k, v in sorted(info.counts.items())},
+        outputs=[
+            tvixd_pb.JobOutput(drv_path=o.drv_path, output_name=o.output_name, path=o.path)
+            for o in info.outputs
+        ],
+        error=info.error,
+        last_seq=info.last_seq,
+    )
+
+
+def _log_to_proto(line: LogLine) -> tvixd_pb.LogLine:
+    return tvixd_pb.LogLine(drv_path=line.drv_path, line=line.line, attempt=line.attempt)
+
+
+def event_to_proto(event: JobEvent) -> tvixd_pb.JobEvent:
+    """The wire form of a job event."""
+    message = tvixd_pb.JobEvent(seq=event.seq, job_id=event.job_id, time_unix_ms=event.time_ms)
+    body = event.body
+    if isinstance(body, JobStateChanged):
+        message.job_state = tvixd_pb.JobStateChanged(state=_job_state(body.state), error=body.error)
+    elif isinstance(body, DerivationStateChanged):
+        message.derivation_state = tvixd_pb.DerivationStateChanged(
+            drv_path=body.drv_path,
+            state=_drv_state(body.state),
+            attempt=body.attempt,
+            detail=body.detail,
+        )
+    else:
+        message.log = _log_to_proto(body)
+    return message
+
+
+# -- the servicer ------------------------------------------------------------------------
+
+
+class CoordinatorServicer(tvixd_pb.CoordinatorBase):  # type: ignore[misc]  # proto.gen is untyped
+    """``tvixd.v1.Coordinator`` over a :class:`Coordinator`."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    def __repr__(self) -> str:
+        return f"CoordinatorServicer({self._coordinator!r})"
+
+    async def submit(self, submit_request: tvixd_pb.SubmitRequest) -> tvixd_pb.Job:
+        with _boundary("Submit"):
+            limits = self._coordinator.limits
+            size = len(bytes(submit_request))
+            if size > limits.max_request_bytes:
+                raise InvalidRequest(
+                    f"the submit request is {size} bytes; at most {limits.max_request_bytes} "
+                    "are accepted"
+                )
+            spec = spec_from_proto(submit_request)
+            return job_to_proto(await self._coordinator.submit(spec))
+
+    async def get_job(self, get_job_request: tvixd_pb.GetJobRequest) -> tvixd_pb.Job:
+        with _boundary("GetJob"):
+            return job_to_proto(await self._coordinator.get(get_job_request.id))
+
+    async def list_jobs(
+        self, list_jobs_request: tvixd_pb.ListJobsRequest
+    ) -> tvixd_pb.ListJobsResponse:
+        with _boundary("ListJobs"):
+            states = []
+            for value in list_jobs_request.states:
+                if value == tvixd_pb.JobState.UNSPECIFIED:
+                    raise InvalidRequest("ListJobsRequest.states contains JOB_STATE_UNSPECIFIED")
+                states.append(JobState[tvixd_pb.JobState(value).name])
+            jobs = await self._coordinator.list_jobs(states)
+            return tvixd_pb.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs])
+
+    async def cancel(self, cancel_request: tvixd_pb.CancelRequest) -> tvixd_pb.Job:
+        with _boundary("Cancel"):
+            return job_to_proto(await self._coordinator.cancel(cancel_request.id))
+
+    async def watch(self, watch_request: tvixd_pb.WatchRequest) -> AsyncIterator[tvixd_pb.JobEvent]:
+        with _boundary("Watch"):
+            events = self._coordinator.watch(
+                watch_request.job_id, watch_request.from_seq, watch_request.follow
+            )
+            async with aclosing(events):
+                async for event in events:
+                    yield event_to_proto(event)
+
+    async def follow_log(
+        self, follow_log_request: tvixd_pb.FollowLogRequest
+    ) -> AsyncIterator[tvixd_pb.LogLine]:
+        with _boundary("FollowLog"):
+            lines = self._coordinator.follow_log(
+                follow_log_request.drv_path, follow_log_request.follow
+            )
+            async with aclosing(lines):
+                async for line in lines:
+                    yield _log_to_proto(line)
+
+
+def coordinator_servicers(coordinator: Coordinator) -> list[tvixd_pb.CoordinatorBase]:
+    """The grpclib servicers exposing ``coordinator`` (add them to the daemon's server)."""
+    return [CoordinatorServicer(coordinator)]

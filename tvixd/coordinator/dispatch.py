@@ -1,0 +1,105 @@
+"""The build slots: a bounded pool of workers taking derivations ready to build, in order.
+
+The driver :meth:`Dispatcher.submit`\\ s a node when it enters ``build`` (its
+inputs are done and the transition is durable); one of ``slots`` workers
+(the builder's concurrency, ``max_jobs``) picks it up and awaits
+``realise(node, generation)``, which builds and pushes it.  Nothing polls:
+workers block on the queue.
+
+:meth:`Dispatcher.drain` stops workers from taking new nodes, waits for the
+running ones up to a grace period, then cancels them.  Nodes left in the
+queue or cancelled stay in ``build`` in the journal, and a restart resumes
+them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from tvixd.coordinator.graph import Node
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+Realise = Callable[[Node, int], Awaitable[None]]
+
+
+class Dispatcher:
+    """``slots`` workers running ``realise`` on submitted nodes (see the module docstring)."""
+
+    def __init__(self, slots: int, realise: Realise) -> None:
+        if slots < 1:
+            raise ValueError(f"the number of build slots must be at least 1, got {slots}")
+        self._slots = slots
+        self._realise = realise
+        self._send: MemoryObjectSendStream[tuple[Node, int]]
+        self._receive: MemoryObjectReceiveStream[tuple[Node, int]]
+        self._send, self._receive = anyio.create_memory_object_stream[tuple[Node, int]](math.inf)
+        self._running: dict[Node, anyio.CancelScope] = {}
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._draining = False
+
+    def __repr__(self) -> str:
+        queued = self._receive.statistics().current_buffer_used
+        return f"Dispatcher({len(self._running)}/{self._slots} busy, {queued} queued)"
+
+    @property
+    def busy(self) -> int:
+        """Builds running now."""
+        return len(self._running)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def submit(self, node: Node, generation: int) -> None:
+        """Queue ``node`` (of ``generation``) for a build slot; ignored while draining."""
+        # Closed when shutting down: the node stays in build and resumes on the next start.
+        if not self._draining:
+            with contextlib.suppress(anyio.ClosedResourceError):
+                self._send.send_nowait((node, generation))
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the workers until cancelled (the queue is closed then: a dispatcher runs once)."""
+        with self._send, self._receive:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self._slots):
+                    tg.start_soon(self._worker)
+                task_status.started()
+
+    async def _worker(self) -> None:
+        async for node, generation in self._receive:
+            if self._draining:
+                return
+            with anyio.CancelScope() as scope:
+                self._running[node] = scope
+                self._idle = anyio.Event() if self._idle.is_set() else self._idle
+                try:
+                    await self._realise(node, generation)
+                except Exception:
+                    log.exception("realising %s failed unexpectedly", node.key)
+                finally:
+                    del self._running[node]
+                    if not self._running:
+                        self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Take no new builds; wait up to ``grace`` seconds for running ones, then cancel them."""
+        self._draining = True
+        with anyio.move_on_after(grace):
+            await self._idle.wait()
+        for scope in list(self._running.values()):
+            scope.cancel()
+        with anyio.move_on_after(max(grace, 1.0)):
+            await self._idle.wait()

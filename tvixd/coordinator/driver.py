@@ -1,0 +1,340 @@
+"""The driver: sends events to the derivation machines and acts on the states they reach.
+
+Every change happens in a *step*: synchronous code on the event loop sends
+events (the journal listeners enqueue rows), collects the actions the new
+states call for, then ``await self.settle()`` commits the journal and only
+then performs the actions.  So nothing is done — no lookup, build or answer —
+for a transition that is not durable, and a burst of transitions is one
+transaction.
+
+What entering each state calls for (``_entered``):
+
+=====================  ======================================================
+``lookup``             ask the path-info service for the outputs (a task)
+``waiting``            link the inputs (creating and attaching them: lookup is
+                       top-down), then ``inputs_ready`` or ``input_failed``
+``build``              queue for a build slot (after the retry delay)
+``push``               (the build slot goes on pushing)
+final                  drop the machine; tell waiting dependents and the jobs
+=====================  ======================================================
+
+Final nodes are processed from a queue, not recursively, so a failure
+cascading down a long chain cannot exhaust the stack.  Jobs (starting,
+evaluating, finishing, cancelling) are in :mod:`tvixd.coordinator.jobdriver`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from clients.errors import InvalidRequest, StorageError
+from clients.store.protocols import PathInfoService
+from fsm import DerivationMachine, DerivationRecord, DrvState
+from nixcompat.derivation import Derivation
+from nixcompat.storepath import StorePath
+from tvixd.coordinator.graph import Graph, Node
+from tvixd.coordinator.jobs import JobRun
+from tvixd.coordinator.listeners import DerivationJournal, record_of
+from tvixd.coordinator.logs import LOG_CAP
+from tvixd.coordinator.realise import Realiser
+from tvixd.coordinator.retry import RetryPolicy
+from tvixd.coordinator.slots import BuildSlots
+from tvixd.eval.protocol import EvaluationError, Evaluator
+from tvixd.journal.journal import Journal, JournalClosed
+
+__all__ = ["LOOKUP_TIMEOUT", "NodeDriver"]
+
+log = logging.getLogger(__name__)
+
+LOOKUP_TIMEOUT = 300.0
+"""Seconds reading one ``.drv`` or looking up one derivation's outputs may take."""
+LOOKUPS = 64
+"""Lookups (and ``.drv`` reads) in flight at a time."""
+
+_RESUMABLE = frozenset({DrvState.LOOKUP, DrvState.WAITING, DrvState.BUILD, DrvState.PUSH})
+
+
+class NodeDriver:
+    """Drives derivation nodes (see the module docstring); jobs build on it."""
+
+    def __init__(
+        self,
+        *,
+        tg: anyio.abc.TaskGroup,
+        journal: Journal,
+        evaluator: Evaluator,
+        pathinfos: PathInfoService,
+        realiser: Realiser,
+        slots: int,
+        retry: RetryPolicy,
+        clock: Callable[[], int],
+        log_cap: int = LOG_CAP,
+    ) -> None:
+        self.graph = Graph()
+        self.runs: dict[str, JobRun] = {}
+        self.slots = BuildSlots(
+            self, slots=slots, realiser=realiser, journal=journal, clock=clock, log_cap=log_cap
+        )
+        self._tg = tg
+        self._journal = journal
+        self._evaluator = evaluator
+        self._pathinfos = pathinfos
+        self._retry = retry
+        self._clock = clock
+        self._listener = DerivationJournal(journal, self.graph, clock)
+        self._actions: list[Callable[[], object]] = []
+        self._finals: deque[Node] = deque()
+        self._lookups = anyio.CapacityLimiter(LOOKUPS)
+        self._restored: dict[str, DerivationRecord] = {}
+
+    # -- steps ----------------------------------------------------------------------------
+
+    async def settle(self) -> None:
+        """End a step: process final nodes, commit the journal, then run the collected actions."""
+        self._drain_finals()
+        actions, self._actions = self._actions, []
+        # Shielded: the actions belong to every step so far, not only the caller's; a
+        # cancelled caller (e.g. a job's task) must not drop them.  Bounded by the commit.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._journal.commit()
+            except JournalClosed:
+                return  # shutting down: nothing more is acted upon
+            for action in actions:
+                action()
+
+    def _later(self, fn: Callable[..., object], *args: Any) -> None:
+        self._actions.append(partial(fn, *args))
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._tg.start_soon(fn, *args)
+
+    def send(self, node: Node, event: str, **facts: Any) -> None:
+        """Send ``event`` to ``node``'s machine and act on the state it reaches."""
+        machine = node.machine
+        assert machine is not None, f"{node!r} has no machine"
+        before = node.record
+        machine.send(event, **facts)
+        node.record = record_of(machine.model)
+        if node.record.state is not before.state or node.record.attempt != before.attempt:
+            self._entered(node)
+
+    def _entered(self, node: Node) -> None:
+        state = node.state
+        if state is DrvState.LOOKUP:
+            self._later(self._spawn, self._lookup, node, node.generation)
+        elif state is DrvState.WAITING:
+            self._link_inputs(node)
+        elif state is DrvState.BUILD:
+            delay = self._retry.delay(node.record.attempt)
+            if delay > 0:
+                self._later(self._spawn, self.slots.submit_after, node, node.generation, delay)
+            else:
+                self._later(self.slots.submit, node, node.generation)
+        elif node.is_final:
+            node.machine = None
+            self._finals.append(node)
+
+    # -- nodes: creation, start, restart, cancel ---------------------------------
+
+    def node(self, path: StorePath, drv: Derivation | None = None) -> Node:
+        """The node of ``path``, created (not started) when absent."""
+        key = path.absolute
+        node = self.graph.get(key)
+        if node is not None:
+            if node.drv is None:
+                node.drv = drv
+            return node
+        restored = self._restored.pop(key, None)
+        if restored is None:
+            node = self.graph.add(Node(path, self._fresh_record(key), drv))
+            self._fresh_machine(node)
+        else:
+            node = self.graph.add(Node(path, restored, drv))
+            if not restored.is_final:
+                node.machine = DerivationMachine.from_record(restored, listeners=[self._listener])
+        return node
+
+    def _fresh_record(self, key: str) -> DerivationRecord:
+        return DerivationRecord(key, max_attempts=self._retry.max_attempts)
+
+    def _fresh_machine(self, node: Node) -> None:
+        # from_record of a fresh record is a new machine in ``eval`` without running the
+        # initial enter callbacks (nothing listens to them), and costs less than ``new``.
+        record = self._fresh_record(node.key)
+        machine = DerivationMachine.from_record(record, listeners=[self._listener])
+        node.machine = machine
+        node.record = record
+        node.fresh_log = True
+        self._listener.save(machine.model)
+
+    def _start(self, node: Node) -> None:
+        """Set a node going: load its ``.drv`` if needed, then ``evaluated`` or ``resume``."""
+        node.started = True
+        if node.is_final:
+            return
+        if node.drv is None:
+            self._later(self._spawn, self._load, node, node.generation, node.state)
+        else:
+            self._advance_loaded(node)
+
+    def _advance_loaded(self, node: Node) -> None:
+        if node.state is DrvState.EVAL:
+            self.send(node, "evaluated")
+        elif node.state in _RESUMABLE:
+            self.send(node, "resume")
+
+    def _restart(self, node: Node) -> None:
+        """Run an unsuccessful node again (a job that had not seen it fail needs it)."""
+        node.generation += 1
+        for child in node.inputs:
+            child.dependents.discard(node)
+        node.inputs.clear()
+        node.pending_inputs = 0
+        self._fresh_machine(node)
+        for job_id in node.jobs:
+            self.runs[job_id].pending += 1
+        self._start(node)
+
+    def cancel_node(self, node: Node, reason: str) -> None:
+        """Cancel ``node`` (and its running build)."""
+        node.generation += 1
+        if node.scope is not None:
+            node.scope.cancel()
+        self.send(node, "cancel", reason=reason)
+
+    def attach(self, run: JobRun, node: Node, *, restoring: bool = False) -> None:
+        """Make ``run`` need ``node`` (and, through waiting nodes, their inputs).
+
+        An unsuccessful node the job had not needed before is restarted
+        (unless ``restoring``: then the job saw that failure before a restart).
+        """
+        for n in self.graph.attach(run.id, node):
+            run.nodes.add(n)
+            self._journal.add_job_drv(run.id, n.key)
+            if n.is_unsuccessful and not restoring:
+                self._restart(n)
+            elif not n.is_final:
+                run.pending += 1
+            if not n.started:
+                self._start(n)
+
+    # -- async steps: load, lookup --------------------------------------------------------
+
+    async def _load(self, node: Node, generation: int, state: DrvState) -> None:
+        """Read the ``.drv``, then advance the node (if nothing else moved it meanwhile)."""
+        failure = None
+        try:
+            async with self._lookups:
+                with anyio.fail_after(LOOKUP_TIMEOUT):
+                    drv = await self._evaluator.read_derivation(node.drv_path)
+        except EvaluationError as exc:
+            failure = exc.message
+        except TimeoutError:
+            failure = f"reading {node.key} did not finish within {LOOKUP_TIMEOUT:g} s"
+        except Exception as exc:
+            log.exception("reading %s", node.key)
+            failure = f"internal error reading {node.key}: {type(exc).__name__}: {exc}"
+        if node.is_stale(generation, state):
+            return
+        if failure is not None:
+            self.send(node, "fail", reason=failure)
+        else:
+            node.drv = drv
+            self._advance_loaded(node)
+        await self.settle()
+
+    async def _lookup(self, node: Node, generation: int) -> None:
+        failure = None
+        present = False
+        try:
+            async with self._lookups:
+                with anyio.fail_after(LOOKUP_TIMEOUT):
+                    present = await self._outputs_present(node)
+        except (StorageError, InvalidRequest, TimeoutError) as exc:
+            failure = f"looking up the outputs failed: {exc or type(exc).__name__}"
+        except Exception as exc:
+            log.exception("looking up %s", node.key)
+            failure = f"internal error looking up the outputs: {type(exc).__name__}: {exc}"
+        if node.is_stale(generation, DrvState.LOOKUP):
+            return
+        if failure is not None:
+            self.send(node, "fail", reason=failure)
+        else:
+            self.send(node, "lookup_done", outputs_present=present)
+        await self.settle()
+
+    async def _outputs_present(self, node: Node) -> bool:
+        for path in node.output_paths().values():
+            if await self._pathinfos.get(path.digest) is None:
+                return False
+        return True
+
+    # -- waiting: inputs ------------------------------------------------------------------
+
+    def _link_inputs(self, node: Node) -> None:
+        drv = node.drv
+        assert drv is not None
+        node.pending_inputs = 0
+        failed: Node | None = None
+        for path, outputs in drv.input_derivations.items():
+            child = self.node(StorePath.from_absolute_path(path))
+            self.graph.link(node, child, outputs)
+            for job_id in sorted(node.jobs):
+                self.attach(self.runs[job_id], child)
+            if child.state is DrvState.CANCELLED:
+                self._restart(child)  # cancelled is not a failure: a running job needs it again
+            if child.state is DrvState.DONE:
+                continue
+            if child.is_unsuccessful:
+                failed = failed or child
+            else:
+                node.pending_inputs += 1
+        if failed is not None:
+            self.send(node, "input_failed", input_drv_path=failed.key)
+        elif node.pending_inputs == 0:
+            self.send(node, "inputs_ready", all_inputs_done=True)
+
+    # -- final nodes ----------------------------------------------------------------------
+
+    def _drain_finals(self) -> None:
+        while self._finals:
+            node = self._finals.popleft()
+            if node.is_final:  # still: it may have been restarted since
+                self._finalised(node)
+
+    def _finalised(self, node: Node) -> None:
+        state = node.state
+        needed_by: set[str] = set()
+        for dependent in sorted(node.dependents, key=lambda n: n.key):
+            if dependent.state is not DrvState.WAITING or node not in dependent.inputs:
+                continue
+            if state is DrvState.DONE:
+                dependent.pending_inputs -= 1
+                if dependent.pending_inputs == 0:
+                    self.send(dependent, "inputs_ready", all_inputs_done=True)
+            elif state is DrvState.CANCELLED:
+                needed_by |= dependent.jobs
+            else:
+                self.send(dependent, "input_failed", input_drv_path=node.key)
+        for job_id in sorted(node.jobs):
+            self.node_final(self.runs[job_id], node)
+        needed_by &= self.runs.keys()
+        if needed_by:  # cancelled, but a running job still waits on it: run it again
+            for job_id in sorted(needed_by):
+                self.attach(self.runs[job_id], node)
+            if node.is_final:
+                self._restart(node)
+        elif node.is_final and not node.jobs:
+            self.graph.evict(node)
+
+    def node_final(self, run: JobRun, node: Node) -> None:
+        """A node ``run`` needs became final (the job driver decides what that means for the job)."""
+        raise NotImplementedError

@@ -1,0 +1,95 @@
+"""The work of the ``build`` and ``push`` states, without the state machine.
+
+:meth:`Realiser.build` resolves the inputs' closure, translates the
+derivation into a ``BuildRequest`` and runs it on the builder, streaming its
+log to the given sink; :meth:`Realiser.push` turns the result into path
+infos and puts them.  Both raise on failure (the driver classifies the
+exception with :func:`tvixd.coordinator.retry.classify` and reports it to
+the machine); neither knows about jobs or the journal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+
+from clients.build.model import Build
+from clients.build.protocols import BuildService, LogSink
+from nixcompat.storepath import StorePath
+from tvixd.build.translate import derivation_to_build_request, refscan_candidates
+from tvixd.coordinator.graph import Node
+from tvixd.coordinator.inputs import InputResolver
+from tvixd.coordinator.push import Pusher
+from tvixd.eval.protocol import Evaluator
+
+__all__ = ["BUILD_TIMEOUT", "PUSH_TIMEOUT", "Built", "Realiser"]
+
+BUILD_TIMEOUT = 24 * 3600.0
+"""Seconds one build attempt may take, as seen by the coordinator (builders have their own)."""
+PUSH_TIMEOUT = 3600.0
+"""Seconds pushing one derivation's outputs may take."""
+
+
+@dataclass(frozen=True)
+class Built:
+    """A successful build and the store path behind each of its refscan needles."""
+
+    build: Build
+    candidates: tuple[StorePath, ...]
+
+
+class Realiser:
+    """Builds and pushes derivations (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        evaluator: Evaluator,
+        builder: BuildService,
+        inputs: InputResolver,
+        pusher: Pusher,
+        build_cores: int = 0,
+        build_timeout: float = BUILD_TIMEOUT,
+        push_timeout: float = PUSH_TIMEOUT,
+    ) -> None:
+        self._evaluator = evaluator
+        self._builder = builder
+        self._inputs = inputs
+        self._pusher = pusher
+        self._build_cores = build_cores
+        self._build_timeout = build_timeout
+        self._push_timeout = push_timeout
+
+    def __repr__(self) -> str:
+        return f"Realiser({self._builder!r}, {self._pusher!r})"
+
+    async def build(self, node: Node, on_log: LogSink) -> Built:
+        """Build ``node`` (its inputs are done and linked in ``node.inputs``).
+
+        Preparing the inputs and the build itself share one deadline.
+        """
+        drv = node.drv
+        assert drv is not None, f"{node.key} is not loaded"
+        with anyio.fail_after(self._build_timeout):
+            used: dict[StorePath, tuple[StorePath, ...]] = {}
+            for child, names in node.inputs.items():
+                child_drv = child.drv or await self._evaluator.read_derivation(child.drv_path)
+                used[child.drv_path] = tuple(
+                    StorePath.from_absolute_path(child_drv.outputs[name].path) for name in names
+                )
+            closure = await self._inputs.for_derivation(drv, used)
+            request = derivation_to_build_request(drv, closure, build_cores=self._build_cores)
+            candidates = refscan_candidates(drv, closure)
+            build = await self._builder.build(request, on_log=on_log)
+        return Built(build, candidates)
+
+    async def push(self, node: Node, built: Built) -> None:
+        """Put the path infos of ``built``'s outputs (see :mod:`tvixd.coordinator.push`)."""
+        drv = node.drv
+        assert drv is not None, f"{node.key} is not loaded"
+        with anyio.fail_after(self._push_timeout):
+            infos = await self._pusher.path_infos(node.drv_path, drv, built.build, built.candidates)
+            await self._pusher.put(infos)
+        for info in infos:
+            self._inputs.remember(info)

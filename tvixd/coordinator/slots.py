@@ -1,0 +1,148 @@
+"""What a build slot does with a derivation: build it, report, push it, report.
+
+:class:`BuildSlots` owns the :class:`~tvixd.coordinator.dispatch.Dispatcher`
+(``max_jobs`` workers).  For a node in ``build`` a worker runs
+:meth:`BuildSlots.realise`: the :class:`~tvixd.coordinator.realise.Realiser`
+builds it (log lines go to a :class:`~tvixd.coordinator.logs.BuildLog`), the
+outcome is sent to the node's machine (``build_finished`` with the retry
+policy's classification), and after that is durable the push follows and
+``push_finished`` is sent.  Events go through the driver (:class:`Steps`),
+which acts on the states they reach.
+
+A build or push whose node was cancelled meanwhile (a newer ``generation``,
+or its cancel scope cancelled) reports nothing: the cancel already moved the
+node.  One cancelled from outside (a drain, shutdown) reports nothing either
+and propagates, so the node stays in ``build`` / ``push`` in the journal and
+is looked up again on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+
+from clients.errors import InvalidRequest, StorageError
+from fsm import DrvState
+from tvixd.coordinator.dispatch import Dispatcher
+from tvixd.coordinator.graph import Node
+from tvixd.coordinator.logs import LOG_CAP, BuildLog
+from tvixd.coordinator.realise import Built, Realiser
+from tvixd.coordinator.retry import Failure, classify
+from tvixd.journal.journal import Journal
+
+__all__ = ["BuildSlots", "Steps"]
+
+log = logging.getLogger(__name__)
+
+
+class Steps(Protocol):
+    """The driver, as the build slots use it."""
+
+    def send(self, node: Node, event: str, **facts: Any) -> None:
+        """Send ``event`` to ``node``'s machine and act on the state it reaches."""
+        ...
+
+    async def settle(self) -> None:
+        """Commit the journal, then run the collected actions."""
+        ...
+
+
+class BuildSlots:
+    """The build slots and the work they do (see the module docstring)."""
+
+    def __init__(
+        self,
+        steps: Steps,
+        *,
+        slots: int,
+        realiser: Realiser,
+        journal: Journal,
+        clock: Callable[[], int],
+        log_cap: int = LOG_CAP,
+    ) -> None:
+        self.dispatcher = Dispatcher(slots, self.realise)
+        self._steps = steps
+        self._realiser = realiser
+        self._journal = journal
+        self._clock = clock
+        self._log_cap = log_cap
+
+    def __repr__(self) -> str:
+        return f"BuildSlots({self.dispatcher!r})"
+
+    def submit(self, node: Node, generation: int) -> None:
+        """Queue ``node`` for a slot."""
+        self.dispatcher.submit(node, generation)
+
+    async def submit_after(self, node: Node, generation: int, delay: float) -> None:
+        """Queue ``node`` for a slot after ``delay`` seconds (a retry), unless it moved on."""
+        await anyio.sleep(delay)
+        if not node.is_stale(generation, DrvState.BUILD):
+            self.dispatcher.submit(node, generation)
+
+    async def realise(self, node: Node, generation: int) -> None:
+        """Build ``node``, report, then push it and report (in a slot)."""
+        if node.is_stale(generation, DrvState.BUILD):
+            return
+        sink = BuildLog(
+            self._journal,
+            node,
+            node.record.attempt,
+            self._clock,
+            cap=self._log_cap,
+            reset=node.fresh_log,
+        )
+        node.fresh_log = False
+        result: Built | Failure
+        with anyio.CancelScope() as scope:
+            node.scope = scope
+            try:
+                result = await self._realiser.build(node, sink)
+            except Exception as exc:
+                result = classify(exc)
+                if result.reason.startswith("internal error"):
+                    log.exception("building %s", node.key)
+            finally:
+                node.scope = None
+        if scope.cancelled_caught or node.is_stale(generation, DrvState.BUILD):
+            return
+        steps = self._steps
+        if isinstance(result, Failure):
+            steps.send(
+                node,
+                "build_finished",
+                success=False,
+                retryable=result.retryable,
+                reason=result.reason,
+                log_tail=result.log_tail or sink.tail_text(),
+            )
+            await steps.settle()
+            return
+        steps.send(node, "build_finished", success=True)
+        await steps.settle()
+        await self._push(node, generation, result)
+
+    async def _push(self, node: Node, generation: int, built: Built) -> None:
+        if node.is_stale(generation, DrvState.PUSH):
+            return
+        failure = None
+        with anyio.CancelScope() as scope:
+            node.scope = scope
+            try:
+                await self._realiser.push(node, built)
+            except Exception as exc:
+                failure = str(exc) or type(exc).__name__
+                if not isinstance(exc, InvalidRequest | StorageError | TimeoutError):
+                    log.exception("pushing %s", node.key)
+            finally:
+                node.scope = None
+        if scope.cancelled_caught or node.is_stale(generation, DrvState.PUSH):
+            return
+        if failure is None:
+            self._steps.send(node, "push_finished", success=True)
+        else:
+            self._steps.send(node, "push_finished", success=False, reason=failure)
+        await self._steps.settle()
