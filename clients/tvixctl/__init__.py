@@ -1,13 +1,21 @@
-"""The ``tvixctl`` command: talk to a tvixd daemon or store server over gRPC.
+"""The ``tvixctl`` command: talk to a tvixd daemon over its unix socket (gRPC).
 
-``clients.tvixctl:main`` is the entry point.  Command groups live in their
-own modules and register themselves with :func:`main`'s parser:
+``clients.tvixctl:main`` is the entry point.  Commands live in their own
+modules and register themselves with :func:`build_parser`:
 
+* ``tvixctl build`` — :mod:`clients.tvixctl.build` (with ``--embedded``,
+  :mod:`clients.tvixctl.embedded`; progress: :mod:`clients.tvixctl.progress`;
+  ``-o``: :mod:`clients.tvixctl.results`);
+* ``tvixctl jobs | status | watch | logs | cancel`` —
+  :mod:`clients.tvixctl.jobs`, over :mod:`clients.tvixctl.coordinator`;
 * ``tvixctl store …`` — :mod:`clients.tvixctl.store` (import, export, ls, cat,
   path-info, nar, verify).
 
-Exit codes: 0 success, 1 the operation failed (message on stderr), 2 bad
-usage.
+Every command takes ``--socket PATH`` (default: ``$TVIXD_SOCKET`` or the
+socket tvixd listens on by default, :func:`clients.tvixctl.common.default_socket`).
+
+Exit codes: 0 success, 1 the operation or the job failed (message on
+stderr), 2 bad usage, 130 interrupted (Ctrl-C; ``build`` cancels its job).
 """
 
 from __future__ import annotations
@@ -16,7 +24,25 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from clients.tvixctl import store
+from clients.tvixctl import build, jobs, store
+from clients.tvixctl.common import add_common, runner
+
+__all__ = ["build_parser", "main"]
+
+EXAMPLES = """\
+examples:
+  tvixctl build examples/demo.nix -o result   # build through the daemon, output in ./result
+  tvixctl build --embedded examples/demo.nix  # no daemon running: start one for this build
+  tvixctl jobs                                # the newest jobs
+  tvixctl status                              # jobs per state
+  tvixctl watch 572fc6c7                      # follow a job (by id or id prefix)
+  tvixctl logs /nix/store/<hash>-hello.drv    # a derivation's build log
+  tvixctl cancel 572fc6c7
+  tvixctl store ls /nix/store/<hash>-hello    # the store: import, export, ls, cat, ...
+
+The daemon: 'tvixd --listen unix:PATH' (see docs/daemon.md), or its systemd units.
+Run 'tvixctl COMMAND --help' for a command's options and examples.
+"""
 
 
 def _version() -> str:
@@ -27,20 +53,20 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, with every command group registered."""
+    """The whole command line, with every command registered."""
     parser = argparse.ArgumentParser(
         prog="tvixctl",
-        description="Talk to a tvixd daemon or store server over its unix socket.",
-        epilog="examples:\n"
-        "  tvixctl store import ./src --name my-src\n"
-        "  tvixctl store ls /nix/store/<hash>-my-src\n"
-        "  tvixctl store verify\n\n"
-        "Run 'tvixctl store --help' for the store commands.",
+        description="Build with, and look into, a tvixd daemon over its unix socket.",
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tvixctl {_version()}")
-    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    store.register(groups)
+    commands = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    add_common(common)
+    build.register(commands, [common], runner)
+    jobs.register(commands, [common], runner)
+    store.register(commands)
     return parser
 
 

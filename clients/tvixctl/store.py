@@ -32,6 +32,7 @@ from clients.store.grpc import GrpcPathInfoService
 from clients.store.ingest import export_node, import_path_as_store_path
 from clients.store.model import PathInfo
 from clients.store.nar import CastoreNarCalculator, render_nar
+from clients.tvixctl.common import CommandError, default_socket
 from nixcompat.errors import NixCompatError
 from nixcompat.hash import HashAlgo, NixHash
 from nixcompat.storepath import StorePath, split_absolute_path
@@ -56,10 +57,6 @@ Start a store server for these commands with:
 """
 
 
-class CommandError(Exception):
-    """A failure to report on stderr (exit code 1), without a traceback."""
-
-
 @dataclass(frozen=True)
 class Store:
     """The three services over one socket."""
@@ -76,7 +73,9 @@ async def _check_listening(socket: str) -> None:
     except OSError as exc:
         raise CommandError(
             f"cannot connect to the store server at {socket}: {exc.strerror or exc}\n"
-            f"Is a tvixd store server running there? Start one with\n"
+            f"Is tvixd running there? Start it with\n"
+            f"  tvixd --listen unix:{socket}\n"
+            f"or only a store server with\n"
             f"  python -m tvixd.store.serve --listen unix:{socket} "
             f"--blob-service objectstore+file:///var/lib/tvixd/blobs "
             f"--directory-service sqlite:///var/lib/tvixd/store.db "
@@ -354,8 +353,9 @@ def register(groups: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--socket",
-        default=os.environ.get("TVIXD_SOCKET", DEFAULT_SOCKET),
-        help="the store server's unix socket (default: $TVIXD_SOCKET or %(default)s)",
+        default=default_socket(),
+        help="the daemon's (or store server's) unix socket (default: $TVIXD_SOCKET or "
+        "tvixd's default, here %(default)s)",
     )
     raw = argparse.RawDescriptionHelpFormatter
     parser = groups.add_parser(
