@@ -9,6 +9,8 @@
   ``RecvRequest`` event; once ``draining`` it answers new requests with
   ``UNAVAILABLE``.  Streams that last as long as a job (``Watch``,
   ``FollowLog``) are not counted: shutdown does not wait for them.
+
+The daemon and ``tvixd.store.serve`` both listen through this module.
 """
 
 from __future__ import annotations
@@ -118,9 +120,13 @@ def bind_tcp(host: str, port: int, backlog: int = 128) -> Listener:
 
 
 class Inflight:
-    """Counts running gRPC requests; once ``draining``, refuses new ones with UNAVAILABLE."""
+    """Counts running gRPC requests; once ``draining``, refuses new ones with UNAVAILABLE.
 
-    def __init__(self) -> None:
+    ``refusal`` is the message of that status.
+    """
+
+    def __init__(self, refusal: str = "tvixd is shutting down") -> None:
+        self.refusal = refusal
         self.count = 0
         self.draining = False
         self._idle = anyio.Event()
@@ -132,7 +138,7 @@ class Inflight:
 
         async def counted(stream: Stream[Any, Any]) -> None:
             if self.draining:
-                raise GRPCError(Status.UNAVAILABLE, "tvixd is shutting down")
+                raise GRPCError(Status.UNAVAILABLE, self.refusal)
             if following:
                 await inner(stream)
                 return

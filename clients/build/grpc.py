@@ -11,8 +11,9 @@ Two wire methods:
   as status ``ABORTED`` from our servers (upstream's report every failure as
   ``INTERNAL``, which becomes ``BuildError``).
 
-Statuses become errors in one place (:func:`_translate`): ``INVALID_ARGUMENT``
-→ ``InvalidRequest``, ``NOT_FOUND`` → ``NotFound``, ``ABORTED`` →
+Statuses become errors in one place (:func:`_translate`, the shared
+``clients.castore.grpc_common.translate``): ``INVALID_ARGUMENT`` →
+``InvalidRequest``, ``NOT_FOUND`` → ``NotFound``, ``ABORTED`` →
 ``BuildFailed``, anything else and transport failures → ``BuildError``.
 What the server sends back is validated (``clients.build.wire``) and must
 answer the request that was sent.  Builds have no deadline by default
@@ -21,19 +22,18 @@ answer the request that was sent.  Builds have no deadline by default
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from types import MappingProxyType
 from typing import Any
 
 from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from clients.build import wire
 from clients.build.errors import BuildError, BuildFailed
 from clients.build.model import Build, BuildRequest
 from clients.build.protocols import LogSink
-from clients.castore.grpc_common import GrpcClient, channel_from_url
-from clients.errors import InvalidRequest, NotFound
+from clients.castore.grpc_common import GrpcClient, translate
+from clients.errors import InvalidRequest
 from proto.gen.tvix.build import v1 as build_pb
 from proto.gen.tvixd import v1 as tvixd_pb
 
@@ -41,24 +41,12 @@ __all__ = ["DO_BUILD", "STREAMING_BUILD", "GrpcBuildService"]
 
 DO_BUILD = "/tvix.build.v1.BuildService/DoBuild"
 STREAMING_BUILD = "/tvixd.v1.StreamingBuildService/Build"
+_STATUSES = MappingProxyType({Status.ABORTED: BuildFailed})
 
 
-@contextmanager
-def _translate(target: str) -> Iterator[None]:
+def _translate(target: str) -> AbstractContextManager[None]:
     """The client-side status boundary for builds."""
-    try:
-        yield
-    except GRPCError as exc:
-        message = exc.message or exc.status.name
-        if exc.status is Status.INVALID_ARGUMENT:
-            raise InvalidRequest(message) from exc
-        if exc.status is Status.NOT_FOUND:
-            raise NotFound(message) from exc
-        if exc.status is Status.ABORTED:
-            raise BuildFailed(message) from exc
-        raise BuildError(f"build on {target}: {exc.status.name}: {message}") from exc
-    except (StreamTerminatedError, ProtocolError, OSError, TimeoutError) as exc:
-        raise BuildError(f"build on {target}: {type(exc).__name__}: {exc}") from exc
+    return translate(target, "build", failure=BuildError, statuses=_STATUSES)
 
 
 class GrpcBuildService(GrpcClient):
@@ -68,13 +56,6 @@ class GrpcBuildService(GrpcClient):
         kwargs.setdefault("timeout", None)
         super().__init__(*args, **kwargs)
         self._streaming = streaming
-
-    @classmethod
-    def from_url(cls, url: str, *, streaming: bool = True, **kwargs: Any) -> GrpcBuildService:
-        """An adapter owning a channel to ``grpc+unix:///p.sock`` or ``grpc+http://host:port``."""
-        return cls(
-            channel_from_url(url), target=url, owns_channel=True, streaming=streaming, **kwargs
-        )
 
     def __repr__(self) -> str:
         method = "streaming" if self._streaming else "DoBuild"

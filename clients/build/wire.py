@@ -16,6 +16,7 @@ import betterproto
 from clients.build.errors import BuildFailed
 from clients.build.model import AdditionalFile, Build, BuildConstraints, BuildRequest, EnvVar
 from clients.castore import wire as castore_wire
+from clients.castore.wire import expect_message, expect_type
 from clients.errors import InvalidRequest
 from proto.gen.tvix.build import v1 as build_pb
 from proto.gen.tvixd import v1 as tvixd_pb
@@ -33,22 +34,8 @@ __all__ = [
 ]
 
 
-def _typed(value: object, kind: type, field: str) -> Any:
-    if type(value) is not kind:
-        raise InvalidRequest(
-            f"malformed {field}: has wire type of {type(value).__name__}, expected {kind.__name__}"
-        )
-    return value
-
-
-def _message(value: object, kind: type, field: str) -> Any:
-    if not isinstance(value, kind):
-        raise InvalidRequest(f"malformed {field}: expected a {kind.__name__} message")
-    return value
-
-
 def _strings(values: object, field: str) -> tuple[str, ...]:
-    return tuple(_typed(v, str, f"{field}[{i}]") for i, v in enumerate(_list(values, field)))
+    return tuple(expect_type(v, str, f"{field}[{i}]") for i, v in enumerate(_list(values, field)))
 
 
 def _list(values: object, field: str) -> list[Any]:
@@ -58,35 +45,35 @@ def _list(values: object, field: str) -> list[Any]:
 
 
 def _constraints_from_proto(message: object) -> BuildConstraints:
-    m = _message(message, build_pb.BuildRequestBuildConstraints, "BuildRequest.constraints")
+    m = expect_message(message, build_pb.BuildRequestBuildConstraints, "BuildRequest.constraints")
     return BuildConstraints(
-        system=_typed(m.system, str, "BuildConstraints.system"),
-        min_memory=_typed(m.min_memory, int, "BuildConstraints.min_memory"),
+        system=expect_type(m.system, str, "BuildConstraints.system"),
+        min_memory=expect_type(m.min_memory, int, "BuildConstraints.min_memory"),
         available_ro_paths=_strings(m.available_ro_paths, "BuildConstraints.available_ro_paths"),
-        network_access=_typed(m.network_access, bool, "BuildConstraints.network_access"),
-        provide_bin_sh=_typed(m.provide_bin_sh, bool, "BuildConstraints.provide_bin_sh"),
+        network_access=expect_type(m.network_access, bool, "BuildConstraints.network_access"),
+        provide_bin_sh=expect_type(m.provide_bin_sh, bool, "BuildConstraints.provide_bin_sh"),
     )
 
 
 def request_from_proto(message: object) -> BuildRequest:
     """The domain request of a ``tvix.build.v1.BuildRequest``; InvalidRequest if it breaks a rule."""
-    m = _message(message, build_pb.BuildRequest, "BuildRequest")
+    m = expect_message(message, build_pb.BuildRequest, "BuildRequest")
     env = []
     for i, e in enumerate(_list(m.environment_vars, "BuildRequest.environment_vars")):
-        e = _message(e, build_pb.BuildRequestEnvVar, f"environment_vars[{i}]")
+        e = expect_message(e, build_pb.BuildRequestEnvVar, f"environment_vars[{i}]")
         env.append(
             EnvVar(
-                _typed(e.key, str, f"environment_vars[{i}].key"),
-                _typed(e.value, bytes, f"environment_vars[{i}].value"),
+                expect_type(e.key, str, f"environment_vars[{i}].key"),
+                expect_type(e.value, bytes, f"environment_vars[{i}].value"),
             )
         )
     files = []
     for i, f in enumerate(_list(m.additional_files, "BuildRequest.additional_files")):
-        f = _message(f, build_pb.BuildRequestAdditionalFile, f"additional_files[{i}]")
+        f = expect_message(f, build_pb.BuildRequestAdditionalFile, f"additional_files[{i}]")
         files.append(
             AdditionalFile(
-                _typed(f.path, str, f"additional_files[{i}].path"),
-                _typed(f.contents, bytes, f"additional_files[{i}].contents"),
+                expect_type(f.path, str, f"additional_files[{i}].path"),
+                expect_type(f.contents, bytes, f"additional_files[{i}].contents"),
             )
         )
     constraints = m.constraints
@@ -97,9 +84,9 @@ def request_from_proto(message: object) -> BuildRequest:
             castore_wire.node_from_proto(n) for n in _list(m.inputs, "BuildRequest.inputs")
         ),
         command_args=_strings(m.command_args, "BuildRequest.command_args"),
-        working_dir=_typed(m.working_dir, str, "BuildRequest.working_dir"),
+        working_dir=expect_type(m.working_dir, str, "BuildRequest.working_dir"),
         scratch_paths=_strings(m.scratch_paths, "BuildRequest.scratch_paths"),
-        inputs_dir=_typed(m.inputs_dir, str, "BuildRequest.inputs_dir"),
+        inputs_dir=expect_type(m.inputs_dir, str, "BuildRequest.inputs_dir"),
         outputs=_strings(m.outputs, "BuildRequest.outputs"),
         environment_vars=tuple(env),
         constraints=_constraints_from_proto(constraints or build_pb.BuildRequestBuildConstraints()),
@@ -137,13 +124,13 @@ def request_to_proto(request: BuildRequest) -> build_pb.BuildRequest:
 
 def build_from_proto(message: object) -> Build:
     """The domain Build of a ``tvix.build.v1.Build``; InvalidRequest if it breaks a rule."""
-    m = _message(message, build_pb.Build, "Build")
+    m = expect_message(message, build_pb.Build, "Build")
     needles = []
     for i, found in enumerate(_list(m.outputs_needles, "Build.outputs_needles")):
-        found = _message(found, build_pb.BuildOutputNeedles, f"Build.outputs_needles[{i}]")
+        found = expect_message(found, build_pb.BuildOutputNeedles, f"Build.outputs_needles[{i}]")
         needles.append(
             tuple(
-                _typed(n, int, f"Build.outputs_needles[{i}]")
+                expect_type(n, int, f"Build.outputs_needles[{i}]")
                 for n in _list(found.needles, f"outputs_needles[{i}]")
             )
         )
@@ -180,21 +167,25 @@ def event_failure(failure: BuildFailed) -> tvixd_pb.BuildEvent:
 
 
 def failure_from_proto(message: object) -> BuildFailed:
-    m = _message(message, tvixd_pb.BuildFailure, "BuildFailure")
+    m = expect_message(message, tvixd_pb.BuildFailure, "BuildFailure")
     return BuildFailed(
-        _typed(m.reason, str, "BuildFailure.reason"),
-        exit_code=_typed(m.exit_code, int, "BuildFailure.exit_code"),
+        expect_type(m.reason, str, "BuildFailure.reason"),
+        exit_code=expect_type(m.exit_code, int, "BuildFailure.exit_code"),
     )
 
 
 def event_from_proto(message: object) -> bytes | Build | BuildFailed:
     """A log line, the result, or the failure a ``tvixd.v1.BuildEvent`` carries."""
-    m = _message(message, tvixd_pb.BuildEvent, "BuildEvent")
+    m = expect_message(message, tvixd_pb.BuildEvent, "BuildEvent")
     which, value = betterproto.which_one_of(m, "event")
     match which:
         case "log":
             return bytes(
-                _typed(_message(value, tvixd_pb.BuildLog, "BuildLog").line, bytes, "BuildLog.line")
+                expect_type(
+                    expect_message(value, tvixd_pb.BuildLog, "BuildLog").line,
+                    bytes,
+                    "BuildLog.line",
+                )
             )
         case "result":
             return build_from_proto(value)

@@ -55,10 +55,6 @@ __all__ = [
 class GrpcBlobService(GrpcClient):
     """``BlobService`` over ``tvix.castore.v1.BlobService``."""
 
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> GrpcBlobService:
-        return cls(channel_from_url(url), target=url, owns_channel=True, **kwargs)
-
     async def _stat(
         self, digest: B3Digest, send_chunks: bool
     ) -> castore_pb.StatBlobResponse | None:
@@ -173,10 +169,6 @@ class GrpcBlobService(GrpcClient):
 
 class GrpcDirectoryService(GrpcClient):
     """``DirectoryService`` over ``tvix.castore.v1.DirectoryService``."""
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> GrpcDirectoryService:
-        return cls(channel_from_url(url), target=url, owns_channel=True, **kwargs)
 
     def _received(self, message: Any, what: str) -> Directory:
         """A directory from the server, decoded and validated (StorageError otherwise)."""

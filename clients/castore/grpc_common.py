@@ -1,16 +1,26 @@
-"""Plumbing shared by the castore gRPC adapters (``clients.castore.grpc``).
+"""Plumbing shared by the gRPC adapters (castore, store and build clients).
 
 ``channel_from_url`` parses the gRPC URLs; :func:`translate` is the client-side
-status boundary (the one place gRPC status becomes ``StoreError``);
-:class:`GrpcClient` holds a channel and deadlines; :func:`abort` ends a stream
-whose outcome is already decided.
+status boundary (the one place gRPC status becomes ``StoreError``, or the
+build errors); :class:`GrpcClient` holds a channel and deadlines;
+:func:`abort` ends a stream whose outcome is already decided.
+
+grpclib 0.4.9 ends a call whose connection dropped (or whose deadline
+passed) by ``task.cancel()`` on the waiting task, then raises
+``StreamTerminatedError`` (``TimeoutError``) instead of the ``CancelledError``
+and never calls ``task.uncancel()``.  The stale cancellation request would
+make the next cancel scope that expires or is cancelled around the same task
+(anyio's ``move_on_after``, a task group, ``asyncio.timeout``) let a
+``CancelledError`` escape instead of absorbing it.  :func:`translate` and
+:func:`abort` take such requests back (:func:`forget_stale_cancels`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, AsyncExitStack, contextmanager, suppress
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import anyio
@@ -56,9 +66,48 @@ def channel_from_url(url: str) -> Channel:
     raise InvalidRequest(f"invalid gRPC URL {url!r}: scheme must be grpc+unix or grpc+http")
 
 
+ErrorFactory = Callable[[str], Exception]
+"""An exception type (or any callable) building the error raised for a status, from a message."""
+
+
+def _cancelling() -> tuple[asyncio.Task[object] | None, int]:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        return None, 0
+    return task, 0 if task is None else task.cancelling()
+
+
+def forget_stale_cancels(task: asyncio.Task[object] | None, cancelling: int) -> None:
+    """Take back the cancellation requests made on ``task`` since it had ``cancelling`` of them.
+
+    For the moment a grpclib call ended with ``StreamTerminatedError`` or
+    ``TimeoutError``: grpclib cancelled the task to wake it and did not take
+    the request back (see the module docstring).
+    """
+    while task is not None and task.cancelling() > cancelling:
+        task.uncancel()
+
+
 @contextmanager
-def translate(target: str, what: str) -> Iterator[None]:
-    """The client-side status boundary: gRPC and transport errors to StoreErrors."""
+def translate(
+    target: str,
+    what: str,
+    *,
+    failure: ErrorFactory = StorageError,
+    statuses: Mapping[Status, ErrorFactory] | None = None,
+) -> Iterator[None]:
+    """The client-side status boundary: gRPC and transport errors to domain errors.
+
+    ``NOT_FOUND`` → ``NotFound``, ``INVALID_ARGUMENT`` → ``InvalidRequest``
+    and each status in ``statuses`` → its error, with the server's message (or
+    the status name); any other status → ``failure`` with
+    ``"{what} on {target}: STATUS: message"``; a dropped connection, a
+    protocol error, ``OSError`` or a passed deadline → ``failure`` with
+    ``"{what} on {target}: Type: message"``, after taking back grpclib's stale
+    cancellation request (:func:`forget_stale_cancels`).
+    """
+    task, cancelling = _cancelling()
     try:
         yield
     except GRPCError as exc:
@@ -67,13 +116,17 @@ def translate(target: str, what: str) -> Iterator[None]:
             raise NotFound(message) from exc
         if exc.status is Status.INVALID_ARGUMENT:
             raise InvalidRequest(message) from exc
-        raise StorageError(f"{what} on {target}: {exc.status.name}: {message}") from exc
+        factory = (statuses or {}).get(exc.status)
+        if factory is not None:
+            raise factory(message) from exc
+        raise failure(f"{what} on {target}: {exc.status.name}: {message}") from exc
     except (StreamTerminatedError, ProtocolError, OSError, TimeoutError) as exc:
-        raise StorageError(f"{what} on {target}: {type(exc).__name__}: {exc}") from exc
+        forget_stale_cancels(task, cancelling)
+        raise failure(f"{what} on {target}: {type(exc).__name__}: {exc}") from exc
 
 
 class GrpcClient:
-    """What both adapters share: a channel (maybe owned), a label, deadlines."""
+    """What the adapters share: a channel (maybe owned), a label, deadlines."""
 
     def __init__(
         self,
@@ -89,6 +142,11 @@ class GrpcClient:
         self._owns_channel = owns_channel
         self._timeout = timeout
         self._stream_timeout = stream_timeout
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """An adapter owning a channel to ``grpc+unix:///p.sock`` or ``grpc+http://host:port``."""
+        return cls(channel_from_url(url), target=url, owns_channel=True, **kwargs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._target})"
@@ -124,9 +182,11 @@ async def abort(
     Best effort, shielded and bounded: the stream may already be closed by the
     server (h2 then refuses the reset), and the outcome was already decided.
     """
+    task, cancelling = _cancelling()
     with anyio.CancelScope(shield=True), anyio.move_on_after(5):
         if stream is not None and exc is not None:
             with suppress(Exception):
                 await stream.cancel()
         with suppress(Exception):
             await stack.aclose()
+    forget_stale_cancels(task, cancelling)

@@ -5,6 +5,10 @@ a message belongs decodes as an ``int``), so every field's Python type is
 checked here and anything malformed raises :class:`InvalidRequest` naming the
 field.  Decoding does *not* apply the protocol rules; call
 ``Directory.validate()`` for that.
+
+:func:`expect_message` and :func:`expect_type` are those checks, and
+:func:`parse_message` parses bytes with the same care; the store's and the
+builder's wire modules use them too.
 """
 
 from __future__ import annotations
@@ -18,17 +22,24 @@ from clients.errors import InvalidRequest
 from proto.gen.tvix.castore import v1 as castore_pb
 
 
-def _field(message: Any, name: str, kind: type, where: str) -> Any:
-    value = getattr(message, name)
+def expect_type(value: object, kind: type, where: str, *, field: str | None = None) -> Any:
+    """``value`` when its type is exactly ``kind``, else InvalidRequest.
+
+    betterproto does not check wire types: a varint where bytes belong decodes
+    as an ``int``.  The message is ``malformed {where}: has wire type of int,
+    expected bytes`` (``field 'name' has …`` when ``field`` is given).
+    """
     if type(value) is not kind:
+        subject = "has" if field is None else f"field {field!r} has"
         raise InvalidRequest(
-            f"malformed {where}: field {name!r} has wire type of {type(value).__name__}, "
+            f"malformed {where}: {subject} wire type of {type(value).__name__}, "
             f"expected {kind.__name__}"
         )
     return value
 
 
-def _message(value: object, kind: type, where: str) -> Any:
+def expect_message(value: object, kind: type, where: str) -> Any:
+    """``value`` when it is a ``kind`` message, else InvalidRequest naming ``where`` and its type."""
     if not isinstance(value, kind):
         raise InvalidRequest(
             f"malformed {where}: expected a {kind.__name__} message, got {type(value).__name__}"
@@ -36,8 +47,12 @@ def _message(value: object, kind: type, where: str) -> Any:
     return value
 
 
+def _field(message: Any, name: str, kind: type, where: str) -> Any:
+    return expect_type(getattr(message, name), kind, where, field=name)
+
+
 def directory_node_from_proto(message: castore_pb.DirectoryNode) -> DirectoryNode:
-    m = _message(message, castore_pb.DirectoryNode, "DirectoryNode")
+    m = expect_message(message, castore_pb.DirectoryNode, "DirectoryNode")
     return DirectoryNode(
         name=_field(m, "name", bytes, "DirectoryNode"),
         digest=_field(m, "digest", bytes, "DirectoryNode"),
@@ -46,7 +61,7 @@ def directory_node_from_proto(message: castore_pb.DirectoryNode) -> DirectoryNod
 
 
 def file_node_from_proto(message: castore_pb.FileNode) -> FileNode:
-    m = _message(message, castore_pb.FileNode, "FileNode")
+    m = expect_message(message, castore_pb.FileNode, "FileNode")
     return FileNode(
         name=_field(m, "name", bytes, "FileNode"),
         digest=_field(m, "digest", bytes, "FileNode"),
@@ -56,7 +71,7 @@ def file_node_from_proto(message: castore_pb.FileNode) -> FileNode:
 
 
 def symlink_node_from_proto(message: castore_pb.SymlinkNode) -> SymlinkNode:
-    m = _message(message, castore_pb.SymlinkNode, "SymlinkNode")
+    m = expect_message(message, castore_pb.SymlinkNode, "SymlinkNode")
     return SymlinkNode(
         name=_field(m, "name", bytes, "SymlinkNode"),
         target=_field(m, "target", bytes, "SymlinkNode"),
@@ -65,7 +80,7 @@ def symlink_node_from_proto(message: castore_pb.SymlinkNode) -> SymlinkNode:
 
 def directory_from_proto(message: castore_pb.Directory) -> Directory:
     """The domain Directory of a message (not validated; unknown fields are dropped)."""
-    m = _message(message, castore_pb.Directory, "Directory")
+    m = expect_message(message, castore_pb.Directory, "Directory")
     return Directory(
         directories=tuple(directory_node_from_proto(n) for n in m.directories),
         files=tuple(file_node_from_proto(n) for n in m.files),
@@ -89,7 +104,7 @@ def directory_to_proto(directory: Directory) -> castore_pb.Directory:
 
 def node_from_proto(message: castore_pb.Node) -> Node:
     """The node in a ``Node`` oneof; InvalidRequest when none is set."""
-    m = _message(message, castore_pb.Node, "Node")
+    m = expect_message(message, castore_pb.Node, "Node")
     which, value = betterproto.which_one_of(m, "node")
     match which:
         case "directory":
@@ -115,12 +130,16 @@ def node_to_proto(node: Node) -> castore_pb.Node:
             return castore_pb.Node(symlink=castore_pb.SymlinkNode(name=name, target=target))
 
 
-def decode_directory(data: bytes) -> Directory:
-    """Parse a protobuf-encoded Directory (not validated); InvalidRequest when malformed."""
+def parse_message(data: bytes, kind: type) -> Any:
+    """``kind().parse(data)``; InvalidRequest naming ``kind`` and the size when it fails."""
     try:
-        message = castore_pb.Directory().parse(data)
+        return kind().parse(data)
     except Exception as exc:  # betterproto raises assorted types for truncated input
         raise InvalidRequest(
-            f"malformed Directory protobuf ({len(data)} bytes): {type(exc).__name__}: {exc}"
+            f"malformed {kind.__name__} protobuf ({len(data)} bytes): {type(exc).__name__}: {exc}"
         ) from exc
-    return directory_from_proto(message)
+
+
+def decode_directory(data: bytes) -> Directory:
+    """Parse a protobuf-encoded Directory (not validated); InvalidRequest when malformed."""
+    return directory_from_proto(parse_message(data, castore_pb.Directory))

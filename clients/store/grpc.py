@@ -21,7 +21,7 @@ from typing import Any
 
 from grpclib.const import Cardinality
 
-from clients.castore.grpc_common import GrpcClient, channel_from_url
+from clients.castore.grpc_common import GrpcClient
 from clients.castore.model import Node
 from clients.errors import InvalidRequest, NotFound, StorageError
 from clients.store import wire
@@ -37,11 +37,6 @@ __all__ = ["GrpcPathInfoService"]
 
 class GrpcPathInfoService(GrpcClient):
     """``PathInfoService`` and ``NarCalculator`` over ``tvix.store.v1.PathInfoService``."""
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> GrpcPathInfoService:
-        """For ``grpc+unix:///abs/path.sock`` or ``grpc+http://host:port``; owns its channel."""
-        return cls(channel_from_url(url), target=url, owns_channel=True, **kwargs)
 
     def _received(self, message: object, what: str) -> PathInfo:
         try:

@@ -21,6 +21,7 @@ import betterproto
 
 from clients.castore import wire as castore_wire
 from clients.castore.model import Node, SymlinkNode
+from clients.castore.wire import expect_message, expect_type, parse_message
 from clients.errors import InvalidRequest
 from clients.store.model import PathInfo, store_path_digest
 from nixcompat.errors import NixCompatError
@@ -70,33 +71,17 @@ def node_to_proto(node: Node) -> castore_pb.Node:
     return castore_wire.node_to_proto(node)
 
 
-def _typed(value: object, kind: type, field: str) -> Any:
-    if type(value) is not kind:
-        raise InvalidRequest(
-            f"malformed {field}: wire type of {type(value).__name__}, expected {kind.__name__}"
-        )
-    return value
-
-
-def _message(value: object, kind: type, field: str) -> Any:
-    if not isinstance(value, kind):
-        raise InvalidRequest(
-            f"malformed {field}: expected a {kind.__name__} message, got {type(value).__name__}"
-        )
-    return value
-
-
 def node_from_proto(message: object, field: str) -> Node:
     """The node in a ``tvix.castore.v1.Node``; InvalidRequest naming ``field`` when malformed."""
     try:
-        return castore_wire.node_from_proto(_message(message, castore_pb.Node, field))
+        return castore_wire.node_from_proto(expect_message(message, castore_pb.Node, field))
     except InvalidRequest as exc:
         raise InvalidRequest(f"{field}: {exc}") from exc
 
 
 def _references(message: Any, narinfo: Any) -> tuple[StorePath, ...]:
-    digests = _typed(message.references, list, "PathInfo.references")
-    names = _typed(narinfo.reference_names, list, "NARInfo.reference_names")
+    digests = expect_type(message.references, list, "PathInfo.references")
+    names = expect_type(narinfo.reference_names, list, "NARInfo.reference_names")
     if len(digests) != len(names):
         raise InvalidRequest(
             f"PathInfo.references has {len(digests)} entries but NARInfo.reference_names has "
@@ -107,7 +92,7 @@ def _references(message: Any, narinfo: Any) -> tuple[StorePath, ...]:
         store_path_digest(digest, f"PathInfo.references[{index}]")
         where = f"NARInfo.reference_names[{index}]"
         try:
-            path = StorePath.parse_basename(_typed(name, str, where))
+            path = StorePath.parse_basename(expect_type(name, str, where))
         except NixCompatError as exc:
             raise InvalidRequest(f"{where} {name!r} is not a store path basename: {exc}") from exc
         if path.digest != digest:
@@ -121,11 +106,11 @@ def _references(message: Any, narinfo: Any) -> tuple[StorePath, ...]:
 
 def _signatures(narinfo: Any) -> tuple[Signature, ...]:
     out = []
-    for index, sig in enumerate(_typed(narinfo.signatures, list, "NARInfo.signatures")):
+    for index, sig in enumerate(expect_type(narinfo.signatures, list, "NARInfo.signatures")):
         where = f"NARInfo.signatures[{index}]"
-        _message(sig, store_pb.NarInfoSignature, where)
-        name = _typed(sig.name, str, where + ".name")
-        data = _typed(sig.data, bytes, where + ".data")
+        expect_message(sig, store_pb.NarInfoSignature, where)
+        name = expect_type(sig.name, str, where + ".name")
+        data = expect_type(sig.data, bytes, where + ".data")
         try:
             out.append(Signature(name, data))
         except NixCompatError as exc:
@@ -134,9 +119,9 @@ def _signatures(narinfo: Any) -> tuple[Signature, ...]:
 
 
 def _deriver(narinfo: Any) -> StorePath | None:
-    deriver = _message(narinfo.deriver, store_pb.StorePath, "NARInfo.deriver")
-    name = _typed(deriver.name, str, "NARInfo.deriver.name")
-    digest = _typed(deriver.digest, bytes, "NARInfo.deriver.digest")
+    deriver = expect_message(narinfo.deriver, store_pb.StorePath, "NARInfo.deriver")
+    name = expect_type(deriver.name, str, "NARInfo.deriver.name")
+    digest = expect_type(deriver.digest, bytes, "NARInfo.deriver.digest")
     if not betterproto.serialized_on_wire(deriver) and not name and not digest:
         return None
     store_path_digest(digest, "NARInfo.deriver.digest")
@@ -147,9 +132,9 @@ def _deriver(narinfo: Any) -> StorePath | None:
 
 
 def _ca(narinfo: Any) -> ContentAddress | None:
-    ca = _message(narinfo.ca, store_pb.NarInfoCa, "NARInfo.ca")
+    ca = expect_message(narinfo.ca, store_pb.NarInfoCa, "NARInfo.ca")
     kind: Any = ca.type
-    digest = _typed(ca.digest, bytes, "NARInfo.ca.digest")
+    digest = expect_type(ca.digest, bytes, "NARInfo.ca.digest")
     if not betterproto.serialized_on_wire(ca) and not digest and kind == 0:
         return None
     if not isinstance(kind, int) or isinstance(kind, bool):
@@ -169,9 +154,9 @@ def _ca(narinfo: Any) -> ContentAddress | None:
 
 def path_info_from_proto(message: object) -> PathInfo:
     """The *validated* domain PathInfo of a message; InvalidRequest naming what is wrong."""
-    m = _message(message, store_pb.PathInfo, "PathInfo")
+    m = expect_message(message, store_pb.PathInfo, "PathInfo")
     node = node_from_proto(m.node, "PathInfo.node")
-    narinfo = _message(m.narinfo, store_pb.NarInfo, "PathInfo.narinfo")
+    narinfo = expect_message(m.narinfo, store_pb.NarInfo, "PathInfo.narinfo")
     if not betterproto.serialized_on_wire(narinfo):
         raise InvalidRequest("PathInfo.narinfo is not set (it carries the NAR hash and size)")
     references = _references(m, narinfo)
@@ -186,8 +171,8 @@ def path_info_from_proto(message: object) -> PathInfo:
         store_path=store_path,
         node=node,
         references=references,
-        nar_size=_typed(narinfo.nar_size, int, "NARInfo.nar_size"),
-        nar_sha256=_typed(narinfo.nar_sha256, bytes, "NARInfo.nar_sha256"),
+        nar_size=expect_type(narinfo.nar_size, int, "NARInfo.nar_size"),
+        nar_sha256=expect_type(narinfo.nar_sha256, bytes, "NARInfo.nar_sha256"),
         signatures=_signatures(narinfo),
         deriver=_deriver(narinfo),
         ca=_ca(narinfo),
@@ -223,13 +208,7 @@ def encode_path_info(info: PathInfo) -> bytes:
 
 def decode_path_info(data: bytes) -> PathInfo:
     """Parse and validate a protobuf-encoded PathInfo; InvalidRequest when malformed or invalid."""
-    try:
-        message = store_pb.PathInfo().parse(data)
-    except Exception as exc:  # betterproto raises assorted types for truncated input
-        raise InvalidRequest(
-            f"malformed PathInfo protobuf ({len(data)} bytes): {type(exc).__name__}: {exc}"
-        ) from exc
-    return path_info_from_proto(message)
+    return path_info_from_proto(parse_message(data, store_pb.PathInfo))
 
 
 def calculate_nar_response(nar_size: int, nar_sha256: bytes) -> store_pb.CalculateNarResponse:
@@ -238,9 +217,9 @@ def calculate_nar_response(nar_size: int, nar_sha256: bytes) -> store_pb.Calcula
 
 def nar_from_response(message: object) -> tuple[int, bytes]:
     """``(nar_size, nar_sha256)`` of a CalculateNARResponse; InvalidRequest when malformed."""
-    m = _message(message, store_pb.CalculateNarResponse, "CalculateNARResponse")
-    size = _typed(m.nar_size, int, "CalculateNARResponse.nar_size")
-    digest = _typed(m.nar_sha256, bytes, "CalculateNARResponse.nar_sha256")
+    m = expect_message(message, store_pb.CalculateNarResponse, "CalculateNARResponse")
+    size = expect_type(m.nar_size, int, "CalculateNARResponse.nar_size")
+    digest = expect_type(m.nar_sha256, bytes, "CalculateNARResponse.nar_sha256")
     if len(digest) != 32:
         raise InvalidRequest(
             f"CalculateNARResponse.nar_sha256 has {len(digest)} bytes, expected 32"

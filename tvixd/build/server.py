@@ -9,34 +9,31 @@
   reader slows the build's output instead of growing memory.  When the client
   closes the stream, grpclib cancels the handler and with it the build.
 
-Errors become statuses in one place (:func:`status_boundary`):
-``InvalidRequest`` → ``INVALID_ARGUMENT``, ``NotFound`` → ``NOT_FOUND``,
-``BuildFailed`` → ``ABORTED``, ``BuildError`` / ``StorageError`` /
-anything else → ``INTERNAL``.
+Errors become statuses in one place (``tvixd.grpc_status.status_boundary``,
+shared with the castore and store servicers; :func:`status_boundary` here
+also sends an unexpected error's message): ``InvalidRequest`` →
+``INVALID_ARGUMENT``, ``NotFound`` → ``NOT_FOUND``, ``BuildFailed`` →
+``ABORTED``, ``BuildError`` / ``StorageError`` / anything else → ``INTERNAL``.
 
     server = grpclib.server.Server(build_servicers(builder))
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import anyio
 import grpclib.const
 import grpclib.server
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 
 from clients.build import wire
-from clients.build.errors import BuildError, BuildFailed
+from clients.build.errors import BuildFailed
 from clients.build.model import Build
 from clients.build.protocols import BuildService
-from clients.errors import InvalidRequest, NotFound, StorageError
 from proto.gen.tvix.build import v1 as build_pb
 from proto.gen.tvixd import v1 as tvixd_pb
+from tvixd import grpc_status
 
 __all__ = [
     "BuildServiceServicer",
@@ -45,33 +42,13 @@ __all__ = [
     "status_boundary",
 ]
 
-log = logging.getLogger(__name__)
-
 EVENT_BUFFER = 64
 """Events (log lines) buffered between a build and a slow stream reader."""
 
 
-@contextmanager
-def status_boundary(method: str) -> Iterator[None]:
-    """Translate build service errors raised inside a handler to gRPC status."""
-    try:
-        yield
-    except GRPCError:
-        raise
-    except InvalidRequest as exc:
-        raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from exc
-    except NotFound as exc:
-        raise GRPCError(Status.NOT_FOUND, str(exc)) from exc
-    except BuildFailed as exc:
-        raise GRPCError(Status.ABORTED, str(exc)) from exc
-    except (BuildError, StorageError) as exc:
-        log.error("%s failed: %s", method, exc)
-        raise GRPCError(Status.INTERNAL, f"{method}: {exc}") from exc
-    except Exception as exc:
-        log.exception("%s: unexpected error", method)
-        raise GRPCError(
-            Status.INTERNAL, f"{method}: internal error ({type(exc).__name__}: {exc})"
-        ) from exc
+def status_boundary(method: str) -> AbstractContextManager[None]:
+    """``tvixd.grpc_status.status_boundary`` revealing unexpected errors' messages too."""
+    return grpc_status.status_boundary(method, reveal=True)
 
 
 class BuildServiceServicer(build_pb.BuildServiceBase):  # type: ignore[misc]  # proto.gen is untyped

@@ -11,7 +11,8 @@ URL                         backend
 ==========================  ===================================================
 
 Each backend checks the rest of its own URL; an unknown scheme or a bad shape
-raises ``InvalidRequest`` quoting the URL.  The constructors are async because
+raises ``InvalidRequest`` quoting the URL (:func:`pick_backend`, which the
+path-info registry uses too).  The constructors are async because
 opening a backend does I/O (creating directories, opening a database).  The
 caller owns the returned service and must ``await service.close()``.
 """
@@ -19,7 +20,7 @@ caller owns the returned service and must ``await service.close()``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TypeVar
 
 from clients.castore.grpc import GrpcBlobService, GrpcDirectoryService
 from clients.castore.protocols import BlobService, DirectoryService
@@ -28,6 +29,10 @@ from tvixd.castore.blobs.memory import MemoryBlobService
 from tvixd.castore.blobs.objectstore import ObjectStoreBlobService
 from tvixd.castore.directories.memory import MemoryDirectoryService
 from tvixd.castore.directories.sqlite import SqliteDirectoryService
+
+__all__ = ["blob_service_from_url", "directory_service_from_url", "pick_backend"]
+
+_F = TypeVar("_F")
 
 
 async def _grpc_blobs(url: str) -> BlobService:
@@ -53,7 +58,13 @@ _DIRECTORY_BACKENDS: Mapping[str, Callable[[str], Awaitable[DirectoryService]]] 
 }
 
 
-def _pick(kind: str, url: object, backends: Mapping[str, Any]) -> Any:
+def pick_backend(kind: str, url: object, backends: Mapping[str, _F]) -> _F:
+    """The constructor ``backends`` has for the scheme of ``url`` (``scheme://...``).
+
+    ``InvalidRequest`` naming the ``kind`` of service (``"blob"``, ``"path
+    info"``) and quoting the URL when it is not a string, has no ``://`` or
+    has a scheme ``backends`` lacks (the message lists the supported ones).
+    """
     if not isinstance(url, str):
         raise InvalidRequest(f"a {kind} service URL is a string, got {type(url).__name__}")
     scheme, sep, _ = url.partition("://")
@@ -70,13 +81,9 @@ def _pick(kind: str, url: object, backends: Mapping[str, Any]) -> Any:
 
 async def blob_service_from_url(url: str) -> BlobService:
     """Open the blob service ``url`` names."""
-    factory: Callable[[str], Awaitable[BlobService]] = _pick("blob", url, _BLOB_BACKENDS)
-    return await factory(url)
+    return await pick_backend("blob", url, _BLOB_BACKENDS)(url)
 
 
 async def directory_service_from_url(url: str) -> DirectoryService:
     """Open the directory service ``url`` names."""
-    factory: Callable[[str], Awaitable[DirectoryService]] = _pick(
-        "directory", url, _DIRECTORY_BACKENDS
-    )
-    return await factory(url)
+    return await pick_backend("directory", url, _DIRECTORY_BACKENDS)(url)

@@ -1,10 +1,10 @@
 """Thin grpclib servicers exposing any ``BlobService`` / ``DirectoryService`` as tvix.castore.v1.
 
 The servicers only convert: messages to domain types (``clients.castore.wire``),
-service errors to gRPC status (:func:`status_boundary`, the one place for this
-boundary).  Rules live in the services: a directory put stream goes through
-the backend's ``put_multiple``, which validates the whole stream before
-anything is stored.
+service errors to gRPC status (``tvixd.grpc_status.status_boundary``, the one
+place for this boundary, re-exported here).  Rules live in the services: a
+directory put stream goes through the backend's ``put_multiple``, which
+validates the whole stream before anything is stored.
 
     server = grpclib.server.Server(castore_servicers(blobs, directories))
     await server.start(path="/run/tvixd/tvixd.sock")
@@ -12,43 +12,24 @@ anything is stored.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 
 import betterproto
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 
 from clients.castore import wire
 from clients.castore.model import B3Digest
 from clients.castore.protocols import BlobService, DirectoryService
 from clients.castore.streams import CHUNK_SIZE
-from clients.errors import InvalidRequest, NotFound, StorageError
+from clients.errors import InvalidRequest, NotFound
 from proto.gen.tvix.castore import v1 as castore_pb
+from tvixd.grpc_status import status_boundary
 
-log = logging.getLogger(__name__)
-
-
-@contextmanager
-def status_boundary(method: str) -> Iterator[None]:
-    """Translate service errors raised inside a handler to gRPC status, with their message."""
-    try:
-        yield
-    except GRPCError:
-        raise
-    except InvalidRequest as exc:
-        raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from exc
-    except NotFound as exc:
-        raise GRPCError(Status.NOT_FOUND, str(exc)) from exc
-    except StorageError as exc:
-        log.error("%s failed: %s", method, exc)
-        raise GRPCError(Status.INTERNAL, f"{method}: {exc}") from exc
-    except Exception as exc:
-        log.exception("%s: unexpected error", method)
-        raise GRPCError(
-            Status.INTERNAL, f"{method}: internal error ({type(exc).__name__})"
-        ) from exc
+__all__ = [
+    "BlobServiceServicer",
+    "DirectoryServiceServicer",
+    "castore_servicers",
+    "status_boundary",
+]
 
 
 def _digest(value: object, field: str) -> B3Digest:

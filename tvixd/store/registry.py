@@ -10,8 +10,9 @@ URL                         backend
 ==========================  ===================================================
 
 Each backend checks the rest of its own URL; an unknown scheme or a bad shape
-raises ``InvalidRequest`` quoting the URL.  The caller owns the returned
-service and must ``await service.close()``.
+raises ``InvalidRequest`` quoting the URL (``tvixd.castore.registry.pick_backend``,
+shared with the castore registry).  The caller owns the returned service and
+must ``await service.close()``.
 
 Constructors get the URL and the castore services (a backend that ingests
 NARs, like ``nix+file://``, writes the contents there; the others ignore
@@ -28,9 +29,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 
 from clients.castore.protocols import BlobService, DirectoryService
-from clients.errors import InvalidRequest
 from clients.store.grpc import GrpcPathInfoService
 from clients.store.protocols import PathInfoService
+from tvixd.castore.registry import pick_backend
 from tvixd.store.nixfile import NixFilePathInfoService
 from tvixd.store.pathinfo.memory import MemoryPathInfoService
 from tvixd.store.pathinfo.sqlite import SqlitePathInfoService
@@ -71,15 +72,4 @@ async def path_info_service_from_url(
     backends: Mapping[str, PathInfoBackend] = PATH_INFO_BACKENDS,
 ) -> PathInfoService:
     """Open the path-info service ``url`` names, with these castore services at hand."""
-    if not isinstance(url, str):
-        raise InvalidRequest(f"a path info service URL is a string, got {type(url).__name__}")
-    scheme, sep, _ = url.partition("://")
-    if not sep:
-        raise InvalidRequest(f"path info service URL {url!r} is not a URL (expected scheme://...)")
-    factory = backends.get(scheme)
-    if factory is None:
-        supported = ", ".join(f"{s}://" for s in backends)
-        raise InvalidRequest(
-            f"path info service URL {url!r}: unsupported scheme {scheme!r} (supported: {supported})"
-        )
-    return await factory(url, blobs, directories)
+    return await pick_backend("path info", url, backends)(url, blobs, directories)

@@ -11,15 +11,17 @@ castore) over grpclib, for tests and ``tvixctl store`` until the daemon
 exists (the daemon will absorb this module).  Every backend URL the
 registries know is accepted (including ``nix+file://`` for path infos).
 
-``--listen``: ``unix:/abs/path`` (socket mode 0660; a stale socket file left
-by a dead server is replaced, a live one is not) or ``tcp:host:port``.  Once
-listening it prints ``ready <address>`` on stdout.
+``--listen``: ``unix:/abs/path`` (socket mode 0660 from the start; a stale
+socket file left by a dead server is replaced, a live one is not: see
+``tvixd.endpoints.bind_unix``) or ``tcp:host:port``.  Once listening it prints
+``ready <address>`` on stdout.
 
 Shutdown is staged: SIGTERM or SIGINT (or the injected ``stop`` event) →
 stop accepting (the unix socket file is removed, so no new client can
-connect; new requests on open connections get ``UNAVAILABLE``) → wait for
-in-flight requests up to ``--grace`` seconds → close the server → close the
-services.  A second signal skips the wait.
+connect; new requests on open connections get ``UNAVAILABLE`` from
+``tvixd.endpoints.Inflight``) → wait for in-flight requests up to
+``--grace`` seconds → close the server → close the services.  A second
+signal skips the wait.
 """
 
 from __future__ import annotations
@@ -27,12 +29,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import signal
-import socket
-import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,19 +39,21 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError
-from grpclib.server import Server, Stream
+from grpclib.server import Server
 
 from clients.errors import InvalidRequest, StoreError
 from clients.store.nar import CastoreNarCalculator
 from tvixd.castore.registry import blob_service_from_url, directory_service_from_url
 from tvixd.castore.server import castore_servicers
+from tvixd.config import ConfigError
+from tvixd.endpoints import Inflight, Listener, bind_unix
 from tvixd.store.registry import path_info_service_from_url
 from tvixd.store.server import PathInfoServiceServicer
 
 log = logging.getLogger(__name__)
+
+SOCKET_MODE = 0o660
 
 
 @dataclass(frozen=True)
@@ -79,60 +80,17 @@ class ServeConfig:
         )
 
 
-class _Inflight:
-    """Counts running requests; refuses new ones once draining."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.draining = False
-        self._idle = anyio.Event()
-        self._idle.set()
-
-    async def on_request(self, event: RecvRequest) -> None:
-        inner: Callable[[Stream[Any, Any]], Coroutine[Any, Any, None]] = event.method_func
-
-        async def counted(stream: Stream[Any, Any]) -> None:
-            if self.draining:
-                raise GRPCError(Status.UNAVAILABLE, "the store server is shutting down")
-            if self.count == 0:
-                self._idle = anyio.Event()
-            self.count += 1
-            try:
-                await inner(stream)
-            finally:
-                self.count -= 1
-                if self.count == 0:
-                    self._idle.set()
-
-        event.method_func = counted
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
-
-
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
 
-def _prepare_socket(path: Path) -> None:
-    """Remove a stale socket file (nobody accepts on it); refuse anything else in the way."""
+def _bind_unix(path: Path) -> Listener:
+    """``bind_unix`` with the mode of ``--listen``; what is in the way is InvalidRequest."""
     try:
-        st = path.lstat()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise InvalidRequest(f"--listen: {path} exists and is not a socket; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except ConnectionRefusedError:
-        path.unlink()
-        return
-    finally:
-        probe.close()
-    raise InvalidRequest(f"--listen: another server is already listening on {path}")
+        return bind_unix(path, SOCKET_MODE, None)
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc)) from exc
 
 
 @contextlib.asynccontextmanager
@@ -174,13 +132,18 @@ async def serve(
     path, host, port = config.address()
     async with _services(config) as handlers:
         server = Server(handlers)
-        inflight = _Inflight()
+        inflight = Inflight("the store server is shutting down")
         listen(server, RecvRequest, inflight.on_request)
         if path is not None:
-            await anyio.to_thread.run_sync(_prepare_socket, path)
-            await server.start(path=str(path))
-            await anyio.to_thread.run_sync(os.chmod, path, 0o660)
-            address = f"unix:{path}"
+            listener = await anyio.to_thread.run_sync(_bind_unix, path)
+            try:
+                await server.start(sock=listener.socket)
+            except BaseException:
+                listener.socket.close()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_remove, path)
+                raise
+            address = listener.address
         else:
             await server.start(host, port)
             address = f"tcp:{host}:{port}"

@@ -2,8 +2,9 @@
 
 The servicer only converts: messages to domain types (``clients.store.wire``,
 which rejects invalid path infos before any backend sees them), service
-errors to gRPC status (``tvixd.castore.server.status_boundary``, the one
-place for that translation on the server side, shared with the castore).
+errors to gRPC status (``tvixd.grpc_status.status_boundary``, the one
+place for that translation on the server side, shared with the castore and
+the builder).
 
 ``CalculateNAR`` needs castore contents, which a path-info service does not
 see, so it goes to an injected :class:`~clients.store.protocols.NarCalculator`;
@@ -28,7 +29,7 @@ from clients.store.protocols import NarCalculator, PathInfoService
 from nixcompat import nixbase32
 from proto.gen.tvix.castore import v1 as castore_pb
 from proto.gen.tvix.store import v1 as store_pb
-from tvixd.castore.server import status_boundary
+from tvixd.grpc_status import status_boundary
 
 
 class PathInfoServiceServicer(store_pb.PathInfoServiceBase):  # type: ignore[misc]  # proto.gen is untyped

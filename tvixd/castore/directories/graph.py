@@ -3,11 +3,14 @@
 :class:`ValidatingPutter` implements ``DirectoryPutter`` on top of two
 callbacks a backend provides — the size of an already stored directory, and
 an atomic commit of a validated list — so every local backend enforces the
-same rules with the same messages.
+same rules with the same messages.  :class:`LocalDirectoryService` is the
+rest of ``DirectoryService`` (recursive gets, puts) built on a backend's
+``get``, ``_stored_size`` and ``_commit``.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
@@ -170,3 +173,37 @@ async def breadth_first(fetch: Fetch, root: B3Digest) -> AsyncIterator[Directory
                 f"which is missing from the store"
             )
         directory = found
+
+
+class LocalDirectoryService(ABC):
+    """``get_recursive``, ``put`` and ``put_multiple`` for a local backend.
+
+    The backend provides ``get`` (a stored directory or None),
+    ``_stored_size`` (:data:`StoredSize`) and ``_commit`` (:data:`Commit`);
+    puts go through :class:`ValidatingPutter` (labelled with the backend's
+    ``repr``), recursive gets through :func:`breadth_first` over ``get``.
+    """
+
+    @abstractmethod
+    async def get(self, digest: bytes) -> Directory | None:
+        """The directory stored under ``digest``, or None."""
+
+    @abstractmethod
+    async def _stored_size(self, digest: B3Digest) -> int | None:
+        """``Directory.size()`` of the stored directory, or None when absent."""
+
+    @abstractmethod
+    async def _commit(self, directories: Sequence[Directory]) -> None:
+        """Store validated directories (leaves first) atomically."""
+
+    async def get_recursive(self, root: bytes) -> AsyncIterator[Directory]:
+        async for directory in breadth_first(self.get, B3Digest(root)):
+            yield directory
+
+    async def put(self, directory: Directory) -> B3Digest:
+        async with self.put_multiple() as putter:
+            await putter.put(directory)
+            return await putter.close()
+
+    def put_multiple(self) -> ValidatingPutter:
+        return ValidatingPutter(self._stored_size, self._commit, label=repr(self))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 from clients.castore.model import B3Digest, Directory
-from tvixd.castore.directories.graph import ValidatingPutter, breadth_first
+from tvixd.castore.directories.graph import LocalDirectoryService
 from tvixd.castore.urls import require_bare
 
 
-class MemoryDirectoryService:
+class MemoryDirectoryService(LocalDirectoryService):
     """``DirectoryService`` in memory; a put stream commits without awaiting, so atomically."""
 
     def __init__(self) -> None:
@@ -33,18 +33,6 @@ class MemoryDirectoryService:
     async def _commit(self, directories: Sequence[Directory]) -> None:
         for directory in directories:
             self._directories.setdefault(directory.digest(), directory)
-
-    async def get_recursive(self, root: bytes) -> AsyncIterator[Directory]:
-        async for directory in breadth_first(self.get, B3Digest(root)):
-            yield directory
-
-    async def put(self, directory: Directory) -> B3Digest:
-        async with self.put_multiple() as putter:
-            await putter.put(directory)
-            return await putter.close()
-
-    def put_multiple(self) -> ValidatingPutter:
-        return ValidatingPutter(self._stored_size, self._commit, label=repr(self))
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -15,8 +15,8 @@ per worker-thread call, so it never loads the whole table and never holds a
 cursor across an ``await``; rows put while a listing runs may or may not
 appear in it, rows present throughout appear exactly once.
 
-Threading, as ``tvixd.castore.directories.sqlite``: one connection, used only
-from worker threads and one call at a time (a ``CapacityLimiter(1)``), so
+Threading (``tvixd.sqlite.Database``, as ``tvixd.castore.directories.sqlite``):
+one connection, used only from worker threads and one call at a time, so
 SQLite never blocks the event loop.  A started call is not cancellable.
 """
 
@@ -25,78 +25,48 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TypeVar
-
-import anyio
-import anyio.to_thread
 
 from clients.errors import InvalidRequest, StorageError
 from clients.store import wire
 from clients.store.model import PathInfo, store_path_digest
 from nixcompat import nixbase32
 from tvixd.castore.urls import local_path
+from tvixd.sqlite import Database
 
 TABLE = "path_infos_v1"
 LIST_PAGE_SIZE = 256
-_T = TypeVar("_T")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-            " digest BLOB PRIMARY KEY NOT NULL CHECK (length(digest) = 20),"
-            " data BLOB NOT NULL"
-            ") WITHOUT ROWID"
-        )
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+def _create(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+        " digest BLOB PRIMARY KEY NOT NULL CHECK (length(digest) = 20),"
+        " data BLOB NOT NULL"
+        ") WITHOUT ROWID"
+    )
 
 
 class SqlitePathInfoService:
     """``PathInfoService`` in a SQLite file."""
 
-    def __init__(
-        self, conn: sqlite3.Connection, path: Path, limiter: anyio.CapacityLimiter
-    ) -> None:
+    def __init__(self, db: Database) -> None:
         """Use ``open``."""
-        self._conn: sqlite3.Connection | None = conn
-        self._path = path
-        self._limiter = limiter
+        self._db = db
+        self._path = db.path
 
     @classmethod
     async def open(cls, path: Path) -> SqlitePathInfoService:
         """Open (creating if needed) the database at ``path`` and its parent directories."""
-        try:
-            conn = await anyio.to_thread.run_sync(_connect, path)
-        except (sqlite3.Error, OSError) as exc:
-            raise StorageError(f"cannot open path info database {path}: {exc}") from exc
-        return cls(conn, path, anyio.CapacityLimiter(1))
+        return cls(
+            await Database.open(path, _create, what="path info database", owner=cls.__name__)
+        )
 
     @classmethod
     async def from_url(cls, url: str) -> SqlitePathInfoService:
         return await cls.open(local_path(url, "sqlite", directory=False))
 
     def __repr__(self) -> str:
-        state = "" if self._conn is not None else ", closed"
-        return f"SqlitePathInfoService({str(self._path)!r}{state})"
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        def call() -> _T:
-            if self._conn is None:
-                raise StorageError(f"{self!r} is closed")
-            return fn(self._conn)
-
-        try:
-            return await anyio.to_thread.run_sync(call, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise StorageError(f"path info database {self._path}: {exc}") from exc
+        return repr(self._db)
 
     def _decode(self, digest: bytes, data: bytes) -> PathInfo:
         where = f"path info {nixbase32.encode(digest)} in {self._path}"
@@ -115,7 +85,7 @@ class SqlitePathInfoService:
             row = conn.execute(f"SELECT data FROM {TABLE} WHERE digest = ?", (d,)).fetchone()
             return None if row is None else bytes(row[0])
 
-        data = await self._run(query)
+        data = await self._db.run(query)
         return None if data is None else self._decode(d, data)
 
     async def put(self, info: PathInfo) -> PathInfo:
@@ -123,16 +93,9 @@ class SqlitePathInfoService:
         row = (info.digest, wire.encode_path_info(info))
 
         def insert(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(f"INSERT OR REPLACE INTO {TABLE} (digest, data) VALUES (?, ?)", row)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            conn.execute(f"INSERT OR REPLACE INTO {TABLE} (digest, data) VALUES (?, ?)", row)
 
-        await self._run(insert)
+        await self._db.write(insert)
         return info
 
     async def list(self) -> AsyncIterator[PathInfo]:
@@ -148,7 +111,7 @@ class SqlitePathInfoService:
 
         after = b""
         while True:
-            rows = await self._run(page(after))
+            rows = await self._db.run(page(after))
             for digest, data in rows:
                 yield self._decode(digest, data)
             if len(rows) < LIST_PAGE_SIZE:
@@ -157,11 +120,4 @@ class SqlitePathInfoService:
 
     async def close(self) -> None:
         """Close the connection once in-flight calls are done; idempotent."""
-
-        def close() -> None:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
-
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(close, limiter=self._limiter)
+        await self._db.close()
