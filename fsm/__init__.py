@@ -10,6 +10,7 @@ See docs/fsm.md.
 from __future__ import annotations
 
 from fsm.base import Fact
+from fsm.compiled import CompiledMachine
 from fsm.derivation import DerivationMachine, DerivationModel
 from fsm.errors import FsmError, InvalidFacts, InvalidRecord, TransitionNotAllowed
 from fsm.job import JobMachine, JobModel
@@ -30,6 +31,7 @@ __all__ = [
     "FINAL_JOB_STATES",
     "UNSUCCESSFUL_DRV_STATES",
     "UNSUCCESSFUL_JOB_STATES",
+    "CompiledMachine",
     "DerivationMachine",
     "DerivationModel",
     "DerivationRecord",

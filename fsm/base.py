@@ -132,6 +132,11 @@ class LifecycleMachine(StateChart[ModelT]):
     @property
     def subject(self) -> str:
         """What this machine is about, for messages (a derivation path, a job id)."""
+        return self.subject_of(self.model)
+
+    @classmethod
+    def subject_of(cls, model: ModelT) -> str:
+        """What a machine driving ``model`` is about (see :attr:`subject`)."""
         raise NotImplementedError
 
     def prepare_event(self, *args: object, event_data: EventData) -> dict[str, Any]:

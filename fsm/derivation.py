@@ -209,9 +209,9 @@ class DerivationMachine(LifecycleMachine[DerivationModel]):
         """A frozen snapshot of the model; raises InvalidRecord if it breaks an invariant."""
         return _record_of(self.model, self.state)
 
-    @property
-    def subject(self) -> str:
-        return self.model.drv_path
+    @classmethod
+    def subject_of(cls, model: DerivationModel) -> str:
+        return model.drv_path
 
     @property
     def state(self) -> DrvState:

@@ -129,9 +129,9 @@ class JobMachine(LifecycleMachine[JobModel]):
         """A frozen snapshot of the model; raises InvalidRecord if it breaks an invariant."""
         return _record_of(self.model, self.state)
 
-    @property
-    def subject(self) -> str:
-        return f"job {self.model.job_id}"
+    @classmethod
+    def subject_of(cls, model: JobModel) -> str:
+        return f"job {model.job_id}"
 
     @property
     def state(self) -> JobState:

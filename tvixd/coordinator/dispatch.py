@@ -3,13 +3,15 @@
 The driver :meth:`Dispatcher.submit`\\ s a node when it enters ``build`` (its
 inputs are done and the transition is durable); one of ``slots`` workers
 (the builder's concurrency, ``max_jobs``) picks it up and awaits
-``realise(node, generation)``, which builds and pushes it.  Nothing polls:
-workers block on the queue.
+``realise(node, generation)``, which builds it.  Nothing polls: workers block
+on the queue.  What follows a build (pushing its outputs) does not hold a
+slot: ``realise`` hands it to :meth:`Dispatcher.follow_up`, which runs it as
+a task of the dispatcher, so the slot takes the next build at once.
 
 :meth:`Dispatcher.drain` stops workers from taking new nodes, waits for the
-running ones up to a grace period, then cancels them.  Nodes left in the
-queue or cancelled stay in ``build`` in the journal, and a restart resumes
-them.
+running builds and follow-ups up to a grace period, then cancels them.
+Nodes left in the queue or cancelled stay in ``build`` (or ``push``) in the
+journal, and a restart resumes them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import anyio
 import anyio.abc
@@ -44,13 +47,18 @@ class Dispatcher:
         self._receive: MemoryObjectReceiveStream[tuple[Node, int]]
         self._send, self._receive = anyio.create_memory_object_stream[tuple[Node, int]](math.inf)
         self._running: dict[Node, anyio.CancelScope] = {}
+        self._following: dict[Node, anyio.CancelScope] = {}
         self._idle = anyio.Event()
         self._idle.set()
         self._draining = False
+        self._tg: anyio.abc.TaskGroup | None = None
 
     def __repr__(self) -> str:
         queued = self._receive.statistics().current_buffer_used
-        return f"Dispatcher({len(self._running)}/{self._slots} busy, {queued} queued)"
+        return (
+            f"Dispatcher({len(self._running)}/{self._slots} busy, {queued} queued, "
+            f"{len(self._following)} following up)"
+        )
 
     @property
     def busy(self) -> int:
@@ -73,33 +81,55 @@ class Dispatcher:
     ) -> None:
         """Run the workers until cancelled (the queue is closed then: a dispatcher runs once)."""
         with self._send, self._receive:
-            async with anyio.create_task_group() as tg:
-                for _ in range(self._slots):
-                    tg.start_soon(self._worker)
-                task_status.started()
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    for _ in range(self._slots):
+                        tg.start_soon(self._worker)
+                    task_status.started()
+            finally:
+                self._tg = None
+
+    def follow_up(self, node: Node, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` (what follows ``node``'s build) as a task, outside the slots.
+
+        It is drained like a build.  When the dispatcher is not running, nothing
+        runs: the node stays in its state in the journal and resumes on restart.
+        """
+        if self._tg is not None:
+            self._tg.start_soon(self._tracked, self._following, node, work)
 
     async def _worker(self) -> None:
         async for node, generation in self._receive:
             if self._draining:
                 return
-            with anyio.CancelScope() as scope:
-                self._running[node] = scope
-                self._idle = anyio.Event() if self._idle.is_set() else self._idle
-                try:
-                    await self._realise(node, generation)
-                except Exception:
-                    log.exception("realising %s failed unexpectedly", node.key)
-                finally:
-                    del self._running[node]
-                    if not self._running:
-                        self._idle.set()
+            await self._tracked(self._running, node, partial(self._realise, node, generation))
+
+    async def _tracked(
+        self,
+        where: dict[Node, anyio.CancelScope],
+        node: Node,
+        work: Callable[[], Awaitable[None]],
+    ) -> None:
+        with anyio.CancelScope() as scope:
+            where[node] = scope
+            self._idle = anyio.Event() if self._idle.is_set() else self._idle
+            try:
+                await work()
+            except Exception:
+                log.exception("realising %s failed unexpectedly", node.key)
+            finally:
+                del where[node]
+                if not self._running and not self._following:
+                    self._idle.set()
 
     async def drain(self, grace: float) -> None:
-        """Take no new builds; wait up to ``grace`` seconds for running ones, then cancel them."""
+        """Take no new builds; wait up to ``grace`` seconds for running ones (and the
+        follow-ups of builds, including those that finish meanwhile), then cancel them."""
         self._draining = True
         with anyio.move_on_after(grace):
             await self._idle.wait()
-        for scope in list(self._running.values()):
+        for scope in [*self._running.values(), *self._following.values()]:
             scope.cancel()
         with anyio.move_on_after(max(grace, 1.0)):
             await self._idle.wait()

@@ -1,11 +1,11 @@
-"""The driver: sends events to the derivation machines and acts on the states they reach.
+"""The driver: sends events to the derivation machine and acts on the states it reaches.
 
 Every change happens in a *step*: synchronous code on the event loop sends
 events (the journal listeners enqueue rows), collects the actions the new
 states call for, then ``await self.settle()`` commits the journal and only
-then performs the actions.  So nothing is done — no lookup, build or answer —
-for a transition that is not durable, and a burst of transitions is one
-transaction.
+then performs the actions.  So nothing is done — no lookup, build, push or
+answer — for a transition that is not durable, and a burst of transitions is
+one transaction.
 
 What entering each state calls for (``_entered``):
 
@@ -14,8 +14,8 @@ What entering each state calls for (``_entered``):
 ``waiting``            link the inputs (creating and attaching them: lookup is
                        top-down), then ``inputs_ready`` or ``input_failed``
 ``build``              queue for a build slot (after the retry delay)
-``push``               (the build slot goes on pushing)
-final                  drop the machine; tell waiting dependents and the jobs
+``push``               (the build slot's follow-up pushes)
+final                  tell waiting dependents and the jobs
 =====================  ======================================================
 
 Final nodes are processed from a queue, not recursively, so a failure
@@ -36,7 +36,7 @@ import anyio.abc
 
 from clients.errors import InvalidRequest, StorageError
 from clients.store.protocols import PathInfoService
-from fsm import DerivationMachine, DerivationRecord, DrvState
+from fsm import CompiledMachine, DerivationMachine, DerivationModel, DerivationRecord, DrvState
 from nixcompat.derivation import Derivation
 from nixcompat.storepath import StorePath
 from tvixd.coordinator.graph import Graph, Node
@@ -89,6 +89,7 @@ class NodeDriver:
         self._retry = retry
         self._clock = clock
         self._listener = DerivationJournal(journal, self.graph, clock)
+        self._machine = CompiledMachine(DerivationMachine, listeners=[self._listener])
         self._actions: list[Callable[[], object]] = []
         self._finals: deque[Node] = deque()
         self._lookups = anyio.CapacityLimiter(LOOKUPS)
@@ -117,12 +118,21 @@ class NodeDriver:
         self._tg.start_soon(fn, *args)
 
     def send(self, node: Node, event: str, **facts: Any) -> None:
-        """Send ``event`` to ``node``'s machine and act on the state it reaches."""
-        machine = node.machine
-        assert machine is not None, f"{node!r} has no machine"
+        """Send ``event`` to ``node``'s derivation machine and act on the state it reaches.
+
+        The machine is compiled once (:class:`fsm.CompiledMachine`) and driven over a model
+        made from the node's record: a node holds no machine of its own.
+        """
         before = node.record
-        machine.send(event, **facts)
-        node.record = record_of(machine.model)
+        model = DerivationModel(
+            before.drv_path,
+            before.max_attempts,
+            before.attempt,
+            before.failure_reason,
+            before.state,
+        )
+        self._machine.send(model, event, **facts)
+        node.record = record_of(model)
         if node.record.state is not before.state or node.record.attempt != before.attempt:
             self._entered(node)
 
@@ -139,7 +149,6 @@ class NodeDriver:
             else:
                 self._later(self.slots.submit, node, node.generation)
         elif node.is_final:
-            node.machine = None
             self._finals.append(node)
 
     # -- nodes: creation, start, restart, cancel ---------------------------------
@@ -155,25 +164,20 @@ class NodeDriver:
         restored = self._restored.pop(key, None)
         if restored is None:
             node = self.graph.add(Node(path, self._fresh_record(key), drv))
-            self._fresh_machine(node)
+            self._fresh(node)
         else:
             node = self.graph.add(Node(path, restored, drv))
-            if not restored.is_final:
-                node.machine = DerivationMachine.from_record(restored, listeners=[self._listener])
         return node
 
     def _fresh_record(self, key: str) -> DerivationRecord:
         return DerivationRecord(key, max_attempts=self._retry.max_attempts)
 
-    def _fresh_machine(self, node: Node) -> None:
-        # from_record of a fresh record is a new machine in ``eval`` without running the
-        # initial enter callbacks (nothing listens to them), and costs less than ``new``.
+    def _fresh(self, node: Node) -> None:
+        """Start ``node`` over in ``eval`` (journaled; no enter callbacks, nothing listens to them)."""
         record = self._fresh_record(node.key)
-        machine = DerivationMachine.from_record(record, listeners=[self._listener])
-        node.machine = machine
         node.record = record
         node.fresh_log = True
-        self._listener.save(machine.model)
+        self._listener.save_record(record)
 
     def _start(self, node: Node) -> None:
         """Set a node going: load its ``.drv`` if needed, then ``evaluated`` or ``resume``."""
@@ -198,7 +202,7 @@ class NodeDriver:
             child.dependents.discard(node)
         node.inputs.clear()
         node.pending_inputs = 0
-        self._fresh_machine(node)
+        self._fresh(node)
         for job_id in node.jobs:
             self.runs[job_id].pending += 1
         self._start(node)

@@ -3,9 +3,9 @@
 A :class:`Node` holds what the coordinator knows about one derivation:
 
 * its parsed ``.drv`` (``None`` until loaded) and its latest
-  ``fsm.DerivationRecord``; its ``DerivationMachine`` only while the node is
-  not final (a machine costs ~0.5 ms and ~67 KiB, the record a few hundred
-  bytes; see docs/fsm.md);
+  ``fsm.DerivationRecord`` — its whole state: the driver sends events through
+  one compiled ``DerivationMachine`` shared by every node (``fsm.CompiledMachine``;
+  a machine per node would cost ~0.5 ms and ~67 KiB, see docs/fsm.md);
 * ``jobs``: the *running* jobs that need it (the reference count ``cancel``
   uses: a node no running job needs is cancelled);
 * ``inputs`` (input node → output names used) and ``dependents``, linked when
@@ -16,7 +16,7 @@ A :class:`Node` holds what the coordinator knows about one derivation:
   lookup or build started for an earlier generation knows it is stale;
 * ``scope``: the cancel scope of its running build, if any;
 * ``fresh_log``: its next build starts a new series of attempts and replaces
-  the stored log (set for a fresh machine; a build resumed after a restart
+  the stored log (set when started in ``eval``; a build resumed after a restart
   appends to the log of the interrupted one);
 * ``started``: whether the driver has set it going (a node is created,
   then its first job is attached, then it starts, so that its first
@@ -34,13 +34,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from fsm import (
-    FINAL_DRV_STATES,
-    UNSUCCESSFUL_DRV_STATES,
-    DerivationMachine,
-    DerivationRecord,
-    DrvState,
-)
+from fsm import FINAL_DRV_STATES, UNSUCCESSFUL_DRV_STATES, DerivationRecord, DrvState
 from nixcompat.derivation import Derivation
 from nixcompat.storepath import StorePath
 
@@ -54,7 +48,6 @@ class Node:
     drv_path: StorePath
     record: DerivationRecord
     drv: Derivation | None = None
-    machine: DerivationMachine | None = None
     jobs: set[str] = field(default_factory=set)
     inputs: dict[Node, tuple[str, ...]] = field(default_factory=dict)
     dependents: set[Node] = field(default_factory=set)

@@ -57,8 +57,11 @@ class DerivationJournal:
         self.save(model)
 
     def save(self, model: DerivationModel) -> None:
-        """Journal ``model``'s current state (also used for a fresh machine's ``eval``)."""
-        record = record_of(model)
+        """Journal ``model``'s current state."""
+        self.save_record(record_of(model))
+
+    def save_record(self, record: DerivationRecord) -> None:
+        """Journal ``record`` (also used for a fresh derivation's ``eval``)."""
         now = self._clock()
         journal = self._journal
         journal.save_derivation(record, now)

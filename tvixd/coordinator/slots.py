@@ -1,12 +1,15 @@
-"""What a build slot does with a derivation: build it, report, push it, report.
+"""What a build slot does with a derivation: build it and report; then, outside the slot, push.
 
 :class:`BuildSlots` owns the :class:`~tvixd.coordinator.dispatch.Dispatcher`
 (``max_jobs`` workers).  For a node in ``build`` a worker runs
 :meth:`BuildSlots.realise`: the :class:`~tvixd.coordinator.realise.Realiser`
-builds it (log lines go to a :class:`~tvixd.coordinator.logs.BuildLog`), the
-outcome is sent to the node's machine (``build_finished`` with the retry
-policy's classification), and after that is durable the push follows and
-``push_finished`` is sent.  Events go through the driver (:class:`Steps`),
+builds it (log lines go to a :class:`~tvixd.coordinator.logs.BuildLog`) and
+the outcome is sent to the node's machine (``build_finished`` with the retry
+policy's classification).  A successful build's push is a follow-up task
+(:meth:`~tvixd.coordinator.dispatch.Dispatcher.follow_up`, at most
+``max_jobs`` pushing at a time), so the slot takes the next build at once:
+the push waits until ``build → push`` is durable, puts the path infos and
+sends ``push_finished``.  Events go through the driver (:class:`Steps`),
 which acts on the states they reach.
 
 A build or push whose node was cancelled meanwhile (a newer ``generation``,
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -64,6 +68,7 @@ class BuildSlots:
         log_cap: int = LOG_CAP,
     ) -> None:
         self.dispatcher = Dispatcher(slots, self.realise)
+        self._pushing = anyio.CapacityLimiter(slots)
         self._steps = steps
         self._realiser = realiser
         self._journal = journal
@@ -84,7 +89,7 @@ class BuildSlots:
             self.dispatcher.submit(node, generation)
 
     async def realise(self, node: Node, generation: int) -> None:
-        """Build ``node``, report, then push it and report (in a slot)."""
+        """Build ``node`` and report (in a slot); a success's push follows outside the slot."""
         if node.is_stale(generation, DrvState.BUILD):
             return
         sink = BuildLog(
@@ -122,17 +127,19 @@ class BuildSlots:
             await steps.settle()
             return
         steps.send(node, "build_finished", success=True)
-        await steps.settle()
-        await self._push(node, generation, result)
+        self.dispatcher.follow_up(node, partial(self._push, node, generation, result))
 
     async def _push(self, node: Node, generation: int, built: Built) -> None:
+        """Push ``built`` once ``build → push`` is durable, then report."""
+        await self._steps.settle()
         if node.is_stale(generation, DrvState.PUSH):
             return
         failure = None
         with anyio.CancelScope() as scope:
             node.scope = scope
             try:
-                await self._realiser.push(node, built)
+                async with self._pushing:
+                    await self._realiser.push(node, built)
             except Exception as exc:
                 failure = str(exc) or type(exc).__name__
                 if not isinstance(exc, InvalidRequest | StorageError | TimeoutError):
