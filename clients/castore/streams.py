@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -54,7 +54,9 @@ def _as_view(chunk: object) -> memoryview:
     return memoryview(chunk).cast("B")
 
 
-async def rechunk(chunks: AsyncIterable[bytes], size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+async def rechunk(
+    chunks: AsyncIterable[bytes], size: int = CHUNK_SIZE
+) -> AsyncGenerator[bytes, None]:
     """The bytes of ``chunks`` as pieces of exactly ``size`` bytes, the last one possibly shorter.
 
     Small chunks are coalesced and large ones split, so at most ``size`` bytes

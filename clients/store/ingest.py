@@ -1,27 +1,29 @@
 """File-system trees into the castore (with their NAR hash) and back out.
 
 :func:`ingest_path` turns a tree into blobs and directories and computes the
-tree's NAR sha256 and size *in the same pass*, reading every regular file
-exactly once.  How it stays correct and fast:
+tree's NAR sha256 and size *in the same pass*.  How it stays correct and fast:
 
-* One walker (a generator, advanced on worker threads in batches) visits the
-  tree in NAR order — ``lstat``, entries sorted by raw name bytes, executable
-  = owner-execute bit, exactly ``st_size`` bytes read, like Nix's ``dumpPath``
+* One walker (a generator, advanced on worker threads in batches, reading
+  up to :data:`_READ_AHEAD` bytes ahead of the uploads) visits the tree in NAR
+  order — ``lstat``, entries sorted by raw name bytes, executable =
+  owner-execute bit, exactly ``st_size`` bytes read, like Nix's ``dumpPath``
   — and drives nixcompat's ``NarWriter`` into a sha256 hasher, so the NAR
   bytes are hashed strictly in order.  The same thread blake3-hashes each
   file and builds the castore directory graph.
-* Uploads run concurrently on the event loop, up to :data:`UPLOADS` at a
-  time, while the walker goes on: a small file (at most one chunk) travels as
-  one buffer and is only sent when the blob service lacks it (so re-ingesting
-  a mostly unchanged tree sends little); a large file is streamed to its put
-  chunk by chunk through a small bounded queue (it cannot be looked up first:
-  its digest is only known at its end).
+* Uploads run on the event loop, :data:`UPLOADS` at a time, while the walker
+  goes on; every blob is looked up first (``has``) and only sent when the
+  blob service lacks it, so re-ingesting a mostly unchanged tree sends
+  little.  A small file (at most one chunk) travels as the buffer the walker
+  read; a large one is read a second time, from the file the walker hashed
+  (same inode; its blake3 must come out the same, else the file changed
+  while being ingested and :class:`~nixcompat.nar.NarError` is raised).
 * Directories are put last, in one ``put_multiple`` stream (leaves first),
   after every blob is stored; a crash or error therefore leaves at most
   orphan blobs, never a directory naming a missing blob.
 
-Memory: the directory graph, plus at most ``UPLOADS`` small files and a few
-chunks of one large file.
+Memory: the directory graph, plus the walker's read-ahead (about
+``_READ_AHEAD`` bytes of small files queued or being uploaded); a large file
+is never held whole.
 
 :func:`export_node` writes a castore tree to disk the way
 ``nix-store --restore`` does; :func:`import_path_as_store_path` is
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +43,6 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import blake3
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from clients.castore.model import B3Digest, Directory, DirectoryNode, FileNode, Node, SymlinkNode
 from clients.castore.protocols import BlobService, DirectoryService
@@ -62,10 +64,13 @@ __all__ = [
     "ingest_path",
 ]
 
-#: Blob uploads in flight at a time.
-UPLOADS = 8
+#: Blob uploads (lookups and puts) in flight at a time.
+UPLOADS = 128
+#: Bytes read ahead of the uploads at most (small files queued or in flight, roughly).
+_READ_AHEAD = 32 * CHUNK_SIZE
 _BATCH_BYTES = CHUNK_SIZE
 _BATCH_EVENTS = 256
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class IngestResult:
     """The root node (named as requested), the NAR's size and sha256, and statistics.
 
     ``blobs_uploaded`` / ``bytes_uploaded`` count the blobs actually sent
-    (small files the blob service already had are not).
+    (blobs the blob service already had are not).
     """
 
     node: Node
@@ -87,7 +92,7 @@ class IngestResult:
     bytes_uploaded: int = 0
 
 
-# Walker events: a whole small file, or a large file as begin / chunks / end.
+# Walker events: a whole small file, or a large file already hashed (read again to upload).
 @dataclass(frozen=True)
 class _Small:
     digest: B3Digest
@@ -95,21 +100,14 @@ class _Small:
 
 
 @dataclass(frozen=True)
-class _Begin:
-    size: int
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class _End:
+class _Large:
     digest: B3Digest
+    size: int
+    path: bytes
+    inode: tuple[int, int]  # (st_dev, st_ino) of the file the walker read
 
 
-_Event = _Small | _Begin | _Chunk | _End
+_Event = _Small | _Large
 
 
 class _Walk:
@@ -122,6 +120,7 @@ class _Walk:
         self.node: Node | None = None
         self.directories: dict[B3Digest, Directory] = {}  # insertion order = leaves first
         self.files = self.file_bytes = self.symlinks = self.dir_count = 0
+        self._buffer = bytearray(CHUNK_SIZE)
 
     def run(self) -> Generator[_Event, None, None]:
         writer = self.writer
@@ -138,7 +137,7 @@ class _Walk:
         while True:
             st = os.lstat(path)
             if stat.S_ISREG(st.st_mode):
-                yield from self._file(path, name, attach)
+                yield self._file(path, name, attach)
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(path)
                 writer.symlink(target)
@@ -173,40 +172,55 @@ class _Walk:
                 writer.finish()
                 return
 
-    def _file(self, path: bytes, name: bytes, attach: Callable[[Node], None]) -> Iterator[_Event]:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        with open(fd, "rb", buffering=0) as f:
+    def _file(self, path: bytes, name: bytes, attach: Callable[[Node], None]) -> _Event:
+        fd = os.open(path, _READ_FLAGS)
+        try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise NarError(f"{os.fsdecode(path)!r} changed type while being ingested")
             size, executable = st.st_size, bool(st.st_mode & stat.S_IXUSR)
             self.writer.begin_regular(executable, size)
-            hasher = blake3.blake3()
-            small = size <= CHUNK_SIZE
-            if not small:
-                yield _Begin(size)
-            parts: list[bytes] = []
-            remaining = size
-            while remaining:
-                data = f.read(min(remaining, CHUNK_SIZE))
-                if not data:
-                    raise NarError(
-                        f"{os.fsdecode(path)!r} shrank while being ingested: "
-                        f"got {size - remaining} of {size} bytes"
-                    )
-                remaining -= len(data)
-                hasher.update(data)
+            if size <= CHUNK_SIZE:
+                data = _read_exactly(fd, size, path)
                 self.writer.write_contents(data)
-                if small:
-                    parts.append(data)
-                else:
-                    yield _Chunk(data)
+                event: _Event = _Small(B3Digest(blake3.blake3(data).digest()), data)
+            else:
+                event = _Large(self._hash_large(fd, size, path), size, path, (st.st_dev, st.st_ino))
             self.writer.end_regular()
-        digest = B3Digest(hasher.digest())
-        yield _Small(digest, b"".join(parts)) if small else _End(digest)
-        attach(FileNode(name, digest, size, executable))
+        finally:
+            os.close(fd)
+        attach(FileNode(name, event.digest, size, executable))
         self.files += 1
         self.file_bytes += size
+        return event
+
+    def _hash_large(self, fd: int, size: int, path: bytes) -> B3Digest:
+        hasher, view = blake3.blake3(), memoryview(self._buffer)
+        remaining = size
+        while remaining:
+            n = os.readv(fd, [view[: min(remaining, CHUNK_SIZE)]])
+            if not n:
+                raise _shrank(path, size, remaining)
+            remaining -= n
+            hasher.update(view[:n])
+            self.writer.write_contents(view[:n])  # type: ignore[arg-type]
+        return B3Digest(hasher.digest())
+
+
+def _shrank(path: bytes, size: int, remaining: int) -> NarError:
+    return NarError(
+        f"{os.fsdecode(path)!r} shrank while being ingested: got {size - remaining} of {size} bytes"
+    )
+
+
+def _read_exactly(fd: int, size: int, path: bytes) -> bytes:
+    data = os.read(fd, size) if size else b""
+    while len(data) < size:  # short reads are rare (regular files), but possible
+        more = os.read(fd, size - len(data))
+        if not more:
+            raise _shrank(path, size, size - len(data))
+        data += more
+    return data
 
 
 def _next_batch(events: Iterator[_Event]) -> list[_Event]:
@@ -215,11 +229,102 @@ def _next_batch(events: Iterator[_Event]) -> list[_Event]:
     size = 0
     for event in events:
         batch.append(event)
-        if isinstance(event, _Small | _Chunk):
+        if isinstance(event, _Small):
             size += len(event.data)
         if size >= _BATCH_BYTES or len(batch) >= _BATCH_EVENTS:
             break
     return batch
+
+
+def _reopen(large: _Large) -> int:
+    """The large file the walker hashed, open again (the same inode, or NarError)."""
+    fd = os.open(large.path, _READ_FLAGS)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != large.inode or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NarError(f"{os.fsdecode(large.path)!r} was replaced while being ingested")
+    return fd
+
+
+async def _put_large(blobs: BlobService, large: _Large) -> None:
+    """Upload a large file by reading it again; its blake3 must not have changed."""
+    with anyio.CancelScope(shield=True):  # a cancelled open must not leak the fd
+        fd = await anyio.to_thread.run_sync(_reopen, large)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        remaining = large.size
+        while remaining:
+            data = await anyio.to_thread.run_sync(os.read, fd, min(remaining, CHUNK_SIZE))
+            if not data:
+                raise _shrank(large.path, large.size, remaining)
+            remaining -= len(data)
+            yield data
+
+    try:
+        got = await blobs.put(chunks())
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(os.close, fd)
+    if got != large.digest:
+        raise NarError(
+            f"{os.fsdecode(large.path)!r} changed while being ingested "
+            f"(blake3 {large.digest} when hashed, {got} when uploaded)"
+        )
+
+
+def _held(job: _Event) -> int:
+    """Roughly the memory an upload job holds until it is finished."""
+    return len(job.data) + 256 if isinstance(job, _Small) else 2 * CHUNK_SIZE
+
+
+class _Jobs:
+    """Upload jobs from the walker to the upload tasks, bounded in bytes (event loop only).
+
+    ``add`` queues a walker batch, then waits until the jobs not yet finished
+    hold less than ``budget`` bytes (so the walker reads ahead at most that
+    much); ``take`` returns the next job, or None once closed and empty;
+    ``finish`` releases a taken job.  Waiting takers are woken once per batch.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self._queue: deque[_Event] = deque()
+        self._budget = budget
+        self._held = 0
+        self._closed = False
+        self._arrived: anyio.Event | None = None
+        self._drained: anyio.Event | None = None
+
+    async def add(self, batch: list[_Event]) -> None:
+        self._queue.extend(batch)
+        self._held += sum(map(_held, batch))
+        self._wake_takers()
+        while self._held >= self._budget:
+            self._drained = anyio.Event()
+            await self._drained.wait()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake_takers()
+
+    async def take(self) -> _Event | None:
+        while not self._queue:
+            if self._closed:
+                return None
+            if self._arrived is None:
+                self._arrived = anyio.Event()
+            await self._arrived.wait()
+        return self._queue.popleft()
+
+    def finish(self, job: _Event) -> None:
+        self._held -= _held(job)
+        if self._drained is not None and self._held < self._budget:
+            self._drained.set()
+            self._drained = None
+
+    def _wake_takers(self) -> None:
+        if self._arrived is not None:
+            self._arrived.set()
+            self._arrived = None
 
 
 async def ingest_path(
@@ -232,67 +337,49 @@ async def ingest_path(
     """Ingest the file-system object at ``path``; its root node is called ``name``.
 
     Raises :class:`~nixcompat.nar.NarError` for what a NAR cannot hold
-    (sockets, fifos, devices; a file that shrinks while read), ``OSError``
-    for unreadable files, and the blob/directory services' errors.
+    (sockets, fifos, devices; a file that shrinks or changes while read),
+    ``OSError`` for unreadable files, and the blob/directory services' errors.
     """
     walk = _Walk(os.fsencode(path))
     events = walk.run()
-    seen: set[B3Digest] = set()
+    jobs = _Jobs(_READ_AHEAD)
     sent = [0, 0]
-    slots = anyio.Semaphore(UPLOADS)
 
-    async def put_small(digest: B3Digest, data: bytes) -> None:
+    async def produce() -> None:
+        seen: set[B3Digest] = set()
         try:
-            if not await blobs.has(digest):
-                await _checked_put(blobs, [digest], chunks_of(data))
+            while batch := await anyio.to_thread.run_sync(_next_batch, events):
+                fresh = []
+                for event in batch:
+                    if event.digest not in seen:
+                        seen.add(event.digest)
+                        fresh.append(event)
+                await jobs.add(fresh)
+        finally:
+            jobs.close()
+
+    async def upload() -> None:
+        while (job := await jobs.take()) is not None:
+            try:
+                if await blobs.has(job.digest):
+                    continue
+                if isinstance(job, _Small):
+                    got = await blobs.put(chunks_of(job.data))
+                    if got != job.digest:
+                        raise StorageError(f"the blob service stored blob {job.digest} under {got}")
+                else:
+                    await _put_large(blobs, job)
                 sent[0] += 1
-                sent[1] += len(data)
-        finally:
-            slots.release()
-
-    async def put_large(
-        expected: list[B3Digest], size: int, chunks: MemoryObjectReceiveStream[bytes]
-    ) -> None:
-        """``expected`` receives the walker's digest before ``chunks`` ends."""
-
-        async def stream() -> AsyncIterator[bytes]:
-            async with chunks:
-                async for chunk in chunks:
-                    yield chunk
-
-        try:
-            await _checked_put(blobs, expected, stream())
-            sent[0] += 1
-            sent[1] += size
-        finally:
-            slots.release()
+                sent[1] += len(job.data) if isinstance(job, _Small) else job.size
+            finally:
+                jobs.finish(job)
 
     try:
         with single_errors():
             async with anyio.create_task_group() as tg:
-                large = None
-                large_digest: list[B3Digest] = []
-                while batch := await anyio.to_thread.run_sync(_next_batch, events):
-                    for event in batch:
-                        if isinstance(event, _Small):
-                            if event.digest not in seen:
-                                seen.add(event.digest)
-                                await slots.acquire()
-                                tg.start_soon(put_small, event.digest, event.data)
-                        elif isinstance(event, _Begin):
-                            send, receive = anyio.create_memory_object_stream[bytes](4)
-                            large, large_digest = send, []
-                            await slots.acquire()
-                            tg.start_soon(put_large, large_digest, event.size, receive)
-                        elif isinstance(event, _Chunk):
-                            assert large is not None
-                            await large.send(event.data)
-                        else:
-                            assert large is not None
-                            large_digest.append(event.digest)
-                            seen.add(event.digest)
-                            await large.aclose()
-                            large = None
+                for _ in range(UPLOADS):
+                    tg.start_soon(upload)
+                await produce()
     finally:
         events.close()
     assert walk.node is not None
@@ -314,14 +401,6 @@ async def ingest_path(
         blobs_uploaded=sent[0],
         bytes_uploaded=sent[1],
     )
-
-
-async def _checked_put(
-    blobs: BlobService, expected: list[B3Digest], chunks: AsyncIterator[bytes]
-) -> None:
-    got = await blobs.put(chunks)
-    if got != expected[0]:
-        raise StorageError(f"the blob service stored blob {expected[0]} under {got}")
 
 
 def _check_entry_name(name: bytes, where: str) -> None:

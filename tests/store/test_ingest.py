@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import pytest
 
 from clients.castore.model import B3Digest, DirectoryNode, FileNode
@@ -93,10 +96,10 @@ async def test_rich_tree_statistics(references: dict[str, Reference]) -> None:
     assert result.file_bytes == sum(p.stat().st_size for p in on_disk)
     assert result.symlinks == len(links)
     assert result.blobs_uploaded == len({p.read_bytes() for p in on_disk})  # dup-1/dup-2 once
+    assert any(p.stat().st_size > MiB for p in on_disk)
     again = await ingest_path(ref.path, blobs, directories)
     assert again.node == result.node
-    large = {p.read_bytes() for p in on_disk if p.stat().st_size > MiB}
-    assert again.blobs_uploaded == len(large)  # small blobs are looked up, large ones re-sent
+    assert (again.blobs_uploaded, again.bytes_uploaded) == (0, 0)  # small and large looked up
 
 
 @pytest.mark.parametrize("tree", TREES)
@@ -233,3 +236,73 @@ async def test_castore_vector_trees(vector: dict[str, object], tmp_path: Path) -
     nar_vector = next(e for e in entries("nar") if e.get("id") == vector["id"])
     assert result.nar_sha256.hex() == nar_vector["nar_sha256_hex"]
     assert result.nar_size == nar_vector["nar_size"]
+
+
+class _RewritingBlobs(MemoryBlobService):
+    """A memory blob service that, asked about ``victim``'s blob, changes the file first."""
+
+    def __init__(self, victim: Path, replace: bool) -> None:
+        super().__init__()
+        self.victim, self.replace = victim, replace
+
+    async def has(self, digest: bytes) -> bool:
+        await anyio.to_thread.run_sync(self._rewrite, digest)
+        return await super().has(digest)
+
+    def _rewrite(self, digest: bytes) -> None:
+        data = bytearray(self.victim.read_bytes())
+        if digest != B3Digest.of(data):
+            return
+        data[-1] ^= 0xFF
+        if self.replace:  # a new inode under the same name (the old one kept: not reused)
+            self.victim.rename(self.victim.with_name("old"))
+            self.victim.write_bytes(bytes(data))
+        else:  # the same inode, same size, other bytes
+            with self.victim.open("r+b") as f:
+                f.write(data)
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [(False, "changed while being ingested"), (True, "was replaced while being ingested")],
+)
+async def test_large_file_changed_before_upload(
+    tmp_path: Path, replace: bool, message: str
+) -> None:
+    """A large file is read again for its upload; if it changed meanwhile, ingestion fails."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big").write_bytes(os.urandom(2 * MiB + 3))
+    (tree / "small").write_bytes(b"small\n")
+    blobs = _RewritingBlobs(tree / "big", replace)
+    directories = MemoryDirectoryService()
+    with pytest.raises(NarError, match=message):
+        await ingest_path(tree, blobs, directories)
+    assert stored(directories) == 0
+
+
+async def test_many_small_files_into_persistent_backends(tmp_path: Path) -> None:
+    """Hundreds of small files (grouped puts), duplicates and a few large ones, as Nix sees them."""
+    rng = random.Random(3)
+    tree = tmp_path / "tree"
+    for d in range(12):
+        (tree / f"dir-{d:02}").mkdir(parents=True)
+        for f in range(40):
+            size = rng.choice([0, 1, 200, 5000, 70_000])
+            data = rng.randbytes(size) if f % 7 else b"shared contents\n"
+            (tree / f"dir-{d:02}" / f"file-{f:02}").write_bytes(data)
+    for i in range(3):
+        (tree / f"large-{i}").write_bytes(rng.randbytes(MiB + 1 + i))
+    on_disk = [p for p in tree.rglob("*") if p.is_file()]
+    blobs = await ObjectStoreBlobService.open(tmp_path / "blobs")
+    directories = await SqliteDirectoryService.open(tmp_path / "dirs.db")
+    try:
+        result = await ingest_path(tree, blobs, directories)
+        rendered = b"".join([c async for c in render_nar(result.node, blobs, directories)])
+        assert rendered == nix_dump(tree)
+        assert result.blobs_uploaded == len({p.read_bytes() for p in on_disk})
+        again = await ingest_path(tree, blobs, directories)
+        assert (again.node, again.blobs_uploaded) == (result.node, 0)
+    finally:
+        await directories.close()
+        await blobs.close()
