@@ -33,6 +33,17 @@ _NEVER_BUILT = frozenset(
 _BUILT = frozenset({DrvState.BUILD, DrvState.PUSH})
 
 
+def _check_failure_reason(where: str, state: object, reason: object, unsuccessful: bool) -> None:
+    """A failure reason is a non-empty string exactly in the unsuccessful states."""
+    if unsuccessful:
+        if not isinstance(reason, str) or not reason:
+            raise InvalidRecord(
+                f"{where}: failure_reason must be a non-empty string in {state}, got {reason!r}"
+            )
+    elif reason is not None:
+        raise InvalidRecord(f"{where}: failure_reason must be None in {state}, got {reason!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class DerivationRecord:
     """A saved derivation machine: everything needed to rebuild it, checked on creation."""
@@ -63,17 +74,9 @@ class DerivationRecord:
             raise InvalidRecord(f"{where}: attempt must be 0 in {self.state}, got {self.attempt}")
         if self.state in _BUILT and self.attempt == 0:
             raise InvalidRecord(f"{where}: attempt must be at least 1 in {self.state}, got 0")
-        reason = self.failure_reason
-        if self.state in UNSUCCESSFUL_DRV_STATES:
-            if not isinstance(reason, str) or not reason:
-                raise InvalidRecord(
-                    f"{where}: failure_reason must be a non-empty string in {self.state}, "
-                    f"got {reason!r}"
-                )
-        elif reason is not None:
-            raise InvalidRecord(
-                f"{where}: failure_reason must be None in {self.state}, got {reason!r}"
-            )
+        _check_failure_reason(
+            where, self.state, self.failure_reason, self.state in UNSUCCESSFUL_DRV_STATES
+        )
 
     @property
     def is_final(self) -> bool:
@@ -127,17 +130,9 @@ class JobRecord:
         where = f"job record for {self.job_id!r}"
         if not isinstance(self.state, JobState):
             raise InvalidRecord(f"{where}: state must be a JobState, got {self.state!r}")
-        reason = self.failure_reason
-        if self.state in UNSUCCESSFUL_JOB_STATES:
-            if not isinstance(reason, str) or not reason:
-                raise InvalidRecord(
-                    f"{where}: failure_reason must be a non-empty string in {self.state}, "
-                    f"got {reason!r}"
-                )
-        elif reason is not None:
-            raise InvalidRecord(
-                f"{where}: failure_reason must be None in {self.state}, got {reason!r}"
-            )
+        _check_failure_reason(
+            where, self.state, self.failure_reason, self.state in UNSUCCESSFUL_JOB_STATES
+        )
 
     @property
     def is_final(self) -> bool:
