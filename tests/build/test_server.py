@@ -25,6 +25,7 @@ from clients.errors import InvalidRequest
 from nixcompat.storepath import StorePath
 from proto.gen.tvix.build import v1 as build_pb
 from tests.build.helpers import Store, sh_derivation
+from tests.grpcserver import closing_connections
 from tests.interop import GrpcioProtos
 from tvixd.build.dummy import FAIL_VARIABLE, DummyBuildService
 from tvixd.build.oci.service import OciBuildService, OciConfig
@@ -47,12 +48,13 @@ def dummy_request(fail: str | None = None) -> BuildRequest:
 @asynccontextmanager
 async def serve_unix(service: BuildService, socket: Path) -> AsyncIterator[None]:
     server = Server(build_servicers(service))
-    await server.start(path=str(socket))
-    try:
-        yield
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with closing_connections(server):
+        await server.start(path=str(socket))
+        try:
+            yield
+        finally:
+            server.close()
+            await server.wait_closed()
 
 
 @asynccontextmanager

@@ -11,6 +11,7 @@ from grpclib.server import Server
 
 from clients.castore.model import B3Digest, Directory, DirectoryNode, FileNode, SymlinkNode
 from clients.castore.protocols import BlobService, DirectoryService
+from tests.grpcserver import closing_connections
 from tvixd.castore.server import castore_servicers
 
 EMPTY_DIGEST_HEX = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
@@ -71,9 +72,10 @@ async def serve_unix(
 ) -> AsyncIterator[Server]:
     """Our castore gRPC server on a unix socket for the duration of the block."""
     server = Server(castore_servicers(blobs, directories))
-    await server.start(path=str(path))
-    try:
-        yield server
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with closing_connections(server):
+        await server.start(path=str(path))
+        try:
+            yield server
+        finally:
+            server.close()
+            await server.wait_closed()

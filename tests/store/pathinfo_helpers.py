@@ -31,6 +31,7 @@ from nixcompat.nar.model import NarNode
 from nixcompat.narinfo import CaMethod, ContentAddress
 from nixcompat.signing import Signature
 from nixcompat.storepath import StorePath
+from tests.grpcserver import closing_connections
 from tvixd.castore.server import castore_servicers
 from tvixd.store.server import PathInfoServiceServicer
 
@@ -169,9 +170,10 @@ async def serve_store_unix(
     server = Server(
         [*castore_servicers(blobs, directories), PathInfoServiceServicer(path_infos, calculator)]
     )
-    await server.start(path=str(path))
-    try:
-        yield server
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with closing_connections(server):
+        await server.start(path=str(path))
+        try:
+            yield server
+        finally:
+            server.close()
+            await server.wait_closed()
