@@ -27,14 +27,13 @@ from contextlib import aclosing, contextmanager
 
 import betterproto
 from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 
 from clients.errors import InvalidRequest
 from fsm import DrvState, JobState
 from proto.gen.tvixd import v1 as tvixd_pb
-from tvixd.castore.server import status_boundary
 from tvixd.coordinator import Coordinator, Unavailable
 from tvixd.eval.protocol import NixArg
+from tvixd.grpc_status import status_boundary
 from tvixd.journal.model import (
     DerivationStateChanged,
     DrvPathsSource,
@@ -57,11 +56,8 @@ __all__ = [
 
 @contextmanager
 def _boundary(method: str) -> Iterator[None]:
-    with status_boundary(f"Coordinator.{method}"):  # passes GRPCError through
-        try:
-            yield
-        except Unavailable as exc:
-            raise GRPCError(Status.UNAVAILABLE, str(exc)) from exc
+    with status_boundary(f"Coordinator.{method}", extra={Unavailable: Status.UNAVAILABLE}):
+        yield
 
 
 # -- wire -> domain ----------------------------------------------------------------------
