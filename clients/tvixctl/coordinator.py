@@ -37,6 +37,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
+from clients.castore.grpc_common import forget_stale_cancels
 from clients.tvixctl.common import CommandError
 from clients.tvixctl.formats import oneof
 from proto.gen.tvixd import v1 as pb
@@ -177,8 +178,7 @@ class CoordinatorClient:
             # grpclib wakes a task waiting on a stream whose connection died with task.cancel()
             # and then raises StreamTerminatedError without task.uncancel(): the stale request
             # would make the next cancel scope (anyio, asyncio.timeout) believe it was cancelled.
-            while task is not None and task.cancelling() > cancels:
-                task.uncancel()
+            forget_stale_cancels(task, cancels)
             self._translate_lost(method)
         except GRPCError as exc:
             message = exc.message or exc.status.name
