@@ -18,10 +18,16 @@ import importlib
 import importlib.util
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+_T = TypeVar("_T")
 
 DEFS = Path(__file__).resolve().parent.parent / "proto" / "defs"
 
@@ -103,3 +109,20 @@ def compile_grpcio(out: Path) -> GrpcioProtos:
     )
     modules["coordinator_grpc"] = _load_file("interop_tvixd_v1_coordinator_pb2_grpc", grpc_file)
     return GrpcioProtos(**modules)
+
+
+async def in_thread(fn: Callable[[], _T]) -> _T:
+    """Run blocking grpcio client code off the loop, so our server on it keeps serving."""
+    with anyio.fail_after(60):
+        return await anyio.to_thread.run_sync(fn)
+
+
+def rpc_error(call: Callable[[], object]) -> tuple[Any, str]:
+    """The status code and details of the ``grpc.RpcError`` that ``call`` must raise."""
+    import grpc
+    import pytest
+
+    with pytest.raises(grpc.RpcError) as excinfo:
+        call()
+    error: Any = excinfo.value
+    return error.code(), error.details()

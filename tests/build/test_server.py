@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import grpc
@@ -26,7 +25,7 @@ from nixcompat.storepath import StorePath
 from proto.gen.tvix.build import v1 as build_pb
 from tests.build.helpers import Store, sh_derivation
 from tests.grpcserver import closing_connections
-from tests.interop import GrpcioProtos
+from tests.interop import GrpcioProtos, in_thread
 from tvixd.build.dummy import FAIL_VARIABLE, DummyBuildService
 from tvixd.build.oci.service import OciBuildService, OciConfig
 from tvixd.build.server import build_servicers
@@ -122,10 +121,6 @@ async def test_builder_errors_become_client_errors(tmp_path: Path, store: Store)
     await service.close()
 
 
-def _in_thread(fn: Callable[[], Any]) -> Any:
-    return anyio.to_thread.run_sync(fn)
-
-
 async def test_grpcio_client_against_our_server(
     grpcio_protos: GrpcioProtos, tmp_path: Path
 ) -> None:
@@ -156,7 +151,7 @@ async def test_grpcio_client_against_our_server(
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     async with serve_unix(DummyBuildService(), socket):
-        await _in_thread(client)
+        await in_thread(client)
 
 
 class Watched:

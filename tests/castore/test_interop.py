@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio.to_thread
 import blake3
 import grpc
 import pytest
@@ -26,7 +25,7 @@ from clients.castore.model import B3Digest, Directory, DirectoryNode, FileNode
 from clients.castore.streams import put_bytes, read_blob
 from clients.errors import InvalidRequest, StorageError
 from tests.castore.helpers import diamond, directory_from_json, serve_unix
-from tests.interop import GrpcioProtos
+from tests.interop import GrpcioProtos, in_thread, rpc_error
 from tests.vectors import entries
 from tvixd.castore.blobs.memory import MemoryBlobService
 from tvixd.castore.directories.memory import MemoryDirectoryService
@@ -34,19 +33,6 @@ from tvixd.castore.directories.memory import MemoryDirectoryService
 MiB = 1 << 20
 ABSENT = B3Digest.of(b"absent")
 _T = TypeVar("_T")
-
-
-async def _in_thread(fn: Callable[[], _T]) -> _T:
-    """Run blocking grpcio client code off the loop, so our server keeps serving."""
-    with anyio.fail_after(60):
-        return await anyio.to_thread.run_sync(fn)
-
-
-def _status(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as excinfo:
-        call()
-    error: Any = excinfo.value
-    return error.code(), error.details()
 
 
 @dataclass
@@ -90,19 +76,19 @@ async def test_grpcio_client_blobs(our_server: OurServer, grpcio_protos: GrpcioP
             empty = stub.Put(iter([]), timeout=10).digest
             assert [c.data for c in stub.Read(pb.ReadBlobRequest(digest=empty), timeout=10)] == []
 
-            code, _ = _status(lambda: stub.Stat(pb.StatBlobRequest(digest=ABSENT), timeout=10))
+            code, _ = rpc_error(lambda: stub.Stat(pb.StatBlobRequest(digest=ABSENT), timeout=10))
             assert code == grpc.StatusCode.NOT_FOUND
-            code, _ = _status(
+            code, _ = rpc_error(
                 lambda: list(stub.Read(pb.ReadBlobRequest(digest=ABSENT), timeout=10))
             )
             assert code == grpc.StatusCode.NOT_FOUND
-            code, details = _status(
+            code, details = rpc_error(
                 lambda: stub.Stat(pb.StatBlobRequest(digest=b"short"), timeout=10)
             )
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             assert "StatBlobRequest.digest must be a 32-byte blake3 digest, got 5 bytes" in details
 
-    await _in_thread(client)
+    await in_thread(client)
     assert await read_blob(our_server.blobs, blake3.blake3(data).digest()) == data
 
 
@@ -138,28 +124,28 @@ async def test_grpcio_client_directories(
                 == tree["root_node"]["digest"]
             )
 
-            code, _ = _status(
+            code, _ = rpc_error(
                 lambda: list(stub.Get(req.GetDirectoryRequest(digest=ABSENT), timeout=10))
             )
             assert code == grpc.StatusCode.NOT_FOUND
-            code, _ = _status(
+            code, _ = rpc_error(
                 lambda: list(stub.Get(req.GetDirectoryRequest(recursive=True), timeout=10))
             )
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             messages = [pb.Directory.FromString(d.encode()) for d in (leaf, bad)]
-            code, details = _status(lambda: stub.Put(iter(messages), timeout=10))
+            code, details = rpc_error(lambda: stub.Put(iter(messages), timeout=10))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             assert "put stream message 1: directory entry name b'..' is not allowed" in details
             orphan = Directory(directories=(DirectoryNode(b"gone", ABSENT, 0),))
             message = pb.Directory.FromString(orphan.encode())
-            code, details = _status(lambda: stub.Put(iter([message]), timeout=10))
+            code, details = rpc_error(lambda: stub.Put(iter([message]), timeout=10))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             assert "neither sent earlier in the stream nor is stored" in details
-            code, details = _status(lambda: stub.Put(iter([]), timeout=10))
+            code, details = rpc_error(lambda: stub.Put(iter([]), timeout=10))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             assert "no directories" in details
 
-    await _in_thread(client)
+    await in_thread(client)
     assert await our_server.directories.get(bad.digest()) is None
     assert [d async for d in our_server.directories.get_recursive(root.digest())] == [
         root,

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
 import grpc
 import pytest
 import pytest_asyncio
@@ -30,7 +28,7 @@ from nixcompat.hash import HashAlgo, NixHash
 from nixcompat.narinfo import CaMethod, ContentAddress
 from nixcompat.signing import Signature
 from nixcompat.storepath import StorePath
-from tests.interop import GrpcioProtos
+from tests.interop import GrpcioProtos, in_thread, rpc_error
 from tests.store.pathinfo_helpers import (
     ReferenceNarCalculator,
     ingest_tree,
@@ -45,19 +43,6 @@ from tvixd.castore.directories.memory import MemoryDirectoryService
 from tvixd.store.pathinfo.memory import MemoryPathInfoService
 
 _T = TypeVar("_T")
-
-
-async def _in_thread(fn: Callable[[], _T]) -> _T:
-    """Run blocking grpcio client code off the loop, so our server keeps serving."""
-    with anyio.fail_after(60):
-        return await anyio.to_thread.run_sync(fn)
-
-
-def _status(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as excinfo:
-        call()
-    error: Any = excinfo.value
-    return error.code(), error.details()
 
 
 @pytest.mark.parametrize("info", rich_infos(), ids=lambda i: i.store_path.name)
@@ -148,12 +133,12 @@ async def test_grpcio_client_against_our_server(
                 [nar_sha256, *(i.nar_sha256 for i in others)]
             )
 
-            code, details = _status(
+            code, details = rpc_error(
                 lambda: stub.Get(rpc.GetPathInfoRequest(by_output_hash=dep.digest), timeout=10)
             )
             assert code == grpc.StatusCode.NOT_FOUND
             assert dep.hash_part in details
-            code, details = _status(
+            code, details = rpc_error(
                 lambda: stub.Get(rpc.GetPathInfoRequest(by_output_hash=b"short"), timeout=10)
             )
             assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -163,7 +148,7 @@ async def test_grpcio_client_against_our_server(
             bad.CopyFrom(message)
             bad.node.file.name = dep.basename.encode()
             bad.narinfo.reference_names[0] = path.basename
-            code, details = _status(lambda: stub.Put(bad, timeout=10))
+            code, details = rpc_error(lambda: stub.Put(bad, timeout=10))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             assert f"NARInfo.reference_names[0] '{path.basename}' does not match" in details
 
@@ -175,7 +160,7 @@ async def test_grpcio_client_against_our_server(
                 tree["nar_size"],
                 tree["nar_sha256_hex"],
             )
-            code, details = _status(
+            code, details = rpc_error(
                 lambda: stub.CalculateNAR(
                     cpb.Node(symlink=cpb.SymlinkNode(name=b"named", target=b"t")), timeout=10
                 )
@@ -183,7 +168,7 @@ async def test_grpcio_client_against_our_server(
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             assert "must be sent with an empty name" in details
 
-    await _in_thread(client)
+    await in_thread(client)
     assert await our_server.path_infos.get(path.digest) == expected
     assert await our_server.path_infos.get(dep.digest) is None  # the bad put stored nothing
     assert len([i async for i in our_server.path_infos.list()]) == 4
