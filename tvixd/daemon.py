@@ -19,9 +19,13 @@ Shutdown (the ``shutdown`` event, set by SIGTERM/SIGINT when the daemon
 handles signals): ``STOPPING=1`` → the coordinator stops accepting jobs →
 it drains in-flight builds for up to ``shutdown_grace`` seconds → new gRPC
 requests are refused (``UNAVAILABLE``), unix socket files are removed and
-running requests get what is left of the grace period (``Watch`` and
-``FollowLog`` streams are not waited for) → servers close (cancelling what
-still runs) → the coordinator task is cancelled → services close in reverse
+running requests get what is left of the grace period (streams that
+follow a job or a log, ``tvixd.endpoints.FOLLOWING``, are not waited for)
+→ those streams end with ``UNAVAILABLE`` → servers close (cancelling what
+still runs) → every client connection gets an HTTP/2 ``GOAWAY`` and is
+closed (idle ones too: neither grpclib's nor asyncio's ``Server.close()``
+closes accepted connections), those still open after
+:data:`HANGUP_TIMEOUT` are dropped → the coordinator task is cancelled → services close in reverse
 order.  The ``force`` event (a second signal) cuts every wait short; each
 closing step is shielded and bounded.
 """
@@ -54,19 +58,22 @@ from tvixd.castore.registry import blob_service_from_url, directory_service_from
 from tvixd.castore.server import castore_servicers
 from tvixd.config import Config, ConfigError, ListenAddress
 from tvixd.coordinator import Coordinator
-from tvixd.endpoints import Inflight, Listener, bind_tcp, bind_unix
+from tvixd.endpoints import Connections, Inflight, Listener, bind_tcp, bind_unix
 from tvixd.eval import evaluator_from_url
 from tvixd.store.nixfile import NixFilePathInfoService
 from tvixd.store.registry import PATH_INFO_BACKENDS, path_info_service_from_url
 from tvixd.store.server import PathInfoServiceServicer
 from tvixd.systemd import Notifier, SystemdError, listen_fds, watchdog_interval
 
-__all__ = ["GC_THRESHOLD", "CoordinatorLike", "Daemon", "tune_gc"]
+__all__ = ["GC_THRESHOLD", "HANGUP_TIMEOUT", "CoordinatorLike", "Daemon", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds each closing step (server close, service close) may take.
 CLOSE_TIMEOUT = 5.0
+#: Seconds ``Watch``/``FollowLog`` streams get to send their ``UNAVAILABLE`` status, and
+#: client connections to close after ``GOAWAY``, before they are cut (once each).
+HANGUP_TIMEOUT = 1.0
 _PATH_INFO_BACKENDS = {**PATH_INFO_BACKENDS, "nix+file": NixFilePathInfoService.from_url}
 GC_THRESHOLD = (20_000, 10, 10)
 """``gc.set_threshold`` once started: collect the youngest generation every 20 000 net
@@ -140,12 +147,38 @@ async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
-def _closer(server: Server) -> Callable[[], Coroutine[Any, Any, None]]:
-    async def close() -> None:
-        server.close()
-        await server.wait_closed()
+async def _hang_up(
+    servers: Sequence[tuple[str, Server]],
+    connections: Connections,
+    inflight: Inflight,
+    force: anyio.Event,
+) -> None:
+    """The last serving stage: end following streams, close the servers and every connection.
 
-    return close
+    Shielded; each wait is bounded (:data:`HANGUP_TIMEOUT`, :data:`CLOSE_TIMEOUT`) and
+    cut short by ``force``.
+    """
+    with anyio.CancelScope(shield=True):
+        if inflight.following:
+            async with _unless(force):
+                with anyio.move_on_after(HANGUP_TIMEOUT):
+                    await inflight.end_following()
+        for address, server in servers:
+            try:
+                server.close()  # stops listening, cancels the handlers still running
+            except Exception:
+                log.exception("closing server %s failed", address)
+        closing = connections.close()
+        if closing:
+            log.info("closing %d client connections", closing)
+            async with _unless(force):
+                with anyio.move_on_after(HANGUP_TIMEOUT):
+                    await connections.wait_closed()
+            dropped = connections.abort()
+            if dropped:
+                log.warning("dropped %d client connections that did not close", dropped)
+        for address, server in servers:
+            await _bounded(f"server {address}", server.wait_closed)
 
 
 class Daemon:
@@ -238,9 +271,10 @@ class Daemon:
                     coordinator_group.cancel_scope.cancel()
                     return
                 inflight = Inflight()
+                connections = Connections()
                 servers: list[tuple[str, Server]] = []
                 try:
-                    await self._serve(servers, listeners, handlers, inflight)
+                    await self._serve(servers, listeners, handlers, inflight, connections)
                     self.addresses = [listener.address for listener in listeners]
                     served = ", ".join(self.addresses)
                     log.info(
@@ -256,8 +290,7 @@ class Daemon:
                     await shutdown.wait()
                     await self._stop(notifier, coordinator, listeners, inflight, force)
                 finally:
-                    for address, server in servers:
-                        await _bounded(f"server {address}", _closer(server))
+                    await _hang_up(servers, connections, inflight, force)
                     coordinator_group.cancel_scope.cancel()
             log.info("closing services")
 
@@ -394,10 +427,12 @@ class Daemon:
         listeners: Sequence[Listener],
         handlers: Sequence[Any],
         inflight: Inflight,
+        connections: Connections,
     ) -> None:
         for listener in listeners:
             server = Server(list(handlers))
             listen(server, RecvRequest, inflight.on_request)
+            connections.track(server)
             await server.start(sock=listener.socket)
             servers.append((listener.address, server))
 
