@@ -1,19 +1,39 @@
-"""Following a job to its end, and telling the user how it ended (``build`` and ``watch``)."""
+"""Following a job to its end, and telling the user how it ended (``build`` and ``watch``);
+following a build log (``logs -f``).
+
+Both resume after a dropped connection (a daemon restart too): a job's
+events from the last sequence number received (the API has it), a build log
+after the last line received (:func:`follow_build_log`: the API has no line
+numbers, so the client re-reads the stored log and skips what it printed).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 import sys
 from collections import deque
-from typing import Any, TextIO
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import aclosing
+from typing import Any, TextIO, cast
 
-from clients.tvixctl.coordinator import CoordinatorClient, NotFoundError, Reconnect
+import anyio
+
+from clients.tvixctl.coordinator import (
+    ConnectionLost,
+    CoordinatorClient,
+    DaemonUnreachable,
+    NotFoundError,
+    Reconnect,
+    Unavailable,
+)
 from clients.tvixctl.formats import event_json, line_text
 from clients.tvixctl.progress import Display, running_display
 from clients.tvixctl.tracker import Tracker
 from proto.gen.tvixd import v1 as pb
 
-__all__ = ["LOG_TAIL", "follow_job", "report_failure"]
+__all__ = ["LOG_TAIL", "follow_build_log", "follow_job", "report_failure"]
 
 LOG_TAIL = 25
 """Log lines shown for each failed derivation."""
@@ -59,6 +79,114 @@ async def follow_job(
         finally:
             display.close(tracker)
     return tracker
+
+
+def _line_key(line: Any) -> bytes:
+    """What identifies a received log line, for checking a replayed log against it."""
+    data = bytes(line.line)
+    return struct.pack(">IQ", int(line.attempt), len(data)) + data
+
+
+class _Outage:
+    """Retry bookkeeping of one dropped connection: doubling delays, a deadline without progress."""
+
+    def __init__(self, reconnect: Reconnect) -> None:
+        self.reconnect = reconnect
+        self.since = anyio.current_time()
+        self.delays: Iterator[float] = reconnect.delays()
+
+    def expired(self) -> bool:
+        return anyio.current_time() - self.since >= self.reconnect.timeout
+
+
+async def follow_build_log(
+    client: CoordinatorClient,
+    drv_path: str,
+    *,
+    reconnect: Reconnect | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> AsyncIterator[Any]:
+    """The build log of ``drv_path`` (``LogLine``s): what is stored, then live lines until its build ends.
+
+    With ``reconnect``, a dropped connection, or a daemon that is unavailable
+    or unreachable after the first connection, is retried (with
+    ``reconnect``'s delays, for at most ``reconnect.timeout`` seconds without
+    a line) and the log resumes after the last line received: the stored log
+    is read again and the lines already yielded are skipped, so each line is
+    yielded once across a daemon restart.  A stored log that no longer starts
+    with what was yielded (trimmed to its size cap, or restarted) is
+    reported through ``notice`` and followed from the same line count.
+    ``notice`` also hears once per outage that it is reconnecting, and when
+    it has.  Without ``reconnect``, errors are raised as
+    :meth:`CoordinatorClient.follow_log` raises them.
+    """
+    say = notice or (lambda _: None)
+    yielded = 0
+    seen = hashlib.blake2b()  # of every line yielded
+    outage: _Outage | None = None
+    connected = False
+    while True:
+        replayed = 0
+        replay = hashlib.blake2b()
+        try:
+            stream = cast(AsyncGenerator[Any, None], client.follow_log(drv_path, follow=True))
+            async with aclosing(stream) as lines:
+                async for line in lines:
+                    connected = True
+                    if replayed < yielded:
+                        replayed += 1
+                        replay.update(_line_key(line))
+                        if replayed == yielded:
+                            _resumed(say, outage, drv_path, yielded, replay, seen)
+                            outage = None
+                        continue
+                    if outage is not None:
+                        _resumed(say, outage, drv_path, yielded, replay, seen)
+                        outage = None
+                    replayed += 1
+                    yielded += 1
+                    seen.update(_line_key(line))
+                    replay.update(_line_key(line))
+                    yield line
+            if replayed < yielded:
+                say(
+                    f"tvixctl: warning: the stored log of {drv_path} has {replayed} lines, "
+                    f"fewer than the {yielded} printed (it was trimmed or restarted)"
+                )
+            return
+        except (ConnectionLost, DaemonUnreachable, Unavailable) as exc:
+            if reconnect is None or (isinstance(exc, DaemonUnreachable) and not connected):
+                raise
+            problem = str(exc).split("\n", 1)[0]
+        connected = True  # it was reached once: from now on, unreachable means restarting
+        if outage is None:
+            outage = _Outage(reconnect)
+            say(f"tvixctl: {problem}; reconnecting ...")
+        elif outage.expired():
+            raise ConnectionLost(
+                f"gave up following the log of {drv_path} after {reconnect.timeout:g} s "
+                f"without a connection to tvixd at {client.socket}: {problem}"
+            )
+        await anyio.sleep(next(outage.delays))
+
+
+def _resumed(
+    say: Callable[[str], None],
+    outage: _Outage | None,
+    drv_path: str,
+    yielded: int,
+    replay: hashlib.blake2b,
+    seen: hashlib.blake2b,
+) -> None:
+    """The replayed log has caught up with what was yielded: say so, and whether it matches."""
+    if outage is not None:
+        say(f"tvixctl: reconnected; resuming after line {yielded}")
+    if replay.digest() != seen.digest():
+        say(
+            f"tvixctl: warning: the stored log of {drv_path} no longer starts with the "
+            f"{yielded} lines printed (it was trimmed or restarted); lines may be missing "
+            "or repeated"
+        )
 
 
 async def _log_tail(client: CoordinatorClient, drv_path: str, count: int) -> list[str]:

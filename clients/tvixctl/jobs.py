@@ -16,7 +16,7 @@ import anyio.to_thread
 
 from clients.tvixctl.common import EXIT_FAILED, CommandError
 from clients.tvixctl.coordinator import CoordinatorClient, NotFoundError, Reconnect
-from clients.tvixctl.follow import follow_job, report_failure
+from clients.tvixctl.follow import follow_build_log, follow_job, report_failure
 from clients.tvixctl.formats import (
     counts_of,
     counts_text,
@@ -150,10 +150,20 @@ async def cmd_watch(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 async def cmd_logs(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     async with CoordinatorClient(args.socket) as client:
-        async for line in client.follow_log(args.drv, follow=args.follow):
+        if args.follow:  # resumed after a dropped connection, each line printed once
+            lines = follow_build_log(
+                client, args.drv, reconnect=Reconnect(args.reconnect_timeout), notice=_notice
+            )
+        else:
+            lines = client.follow_log(args.drv, follow=False)
+        async for line in lines:
             if args.json:
                 data = {"drv_path": line.drv_path, "attempt": int(line.attempt)}
                 data["line"] = line_text(line.line)
@@ -245,7 +255,8 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], runner: Any)
     sub = add(
         "logs",
         cmd_logs,
-        "print the build log of a derivation (what is stored; with -f, live lines too)",
+        "print the build log of a derivation (what is stored; with -f, live lines too, "
+        "again after a dropped connection)",
         ["tvixctl logs /nix/store/<hash>-hello.drv", "tvixctl logs -f /nix/store/<hash>-hello.drv"],
     )
     sub.add_argument("drv", metavar="DRV", help="the /nix/store/...drv path")
@@ -253,6 +264,13 @@ def register(commands: Any, parents: list[argparse.ArgumentParser], runner: Any)
         "-f", "--follow", action="store_true", help="keep printing until its build ends"
     )
     sub.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="with -f: how long to keep trying when the connection drops (default %(default)g)",
+    )
 
     sub = add(
         "cancel",
