@@ -96,8 +96,35 @@ async def test_dummy_url_parameters() -> None:
         ("grpc+unix://relative.sock", "grpc+unix takes no host"),
         ("grpc+http://host", "needs host:port"),
         ("grpc+http://host:1?api=rest", "bad value 'rest' for 'api'"),
+        # unknown schemes: the shared dispatch (tvixd.castore.registry.pick_backend)
+        (
+            "ftp://x",
+            "build service URL 'ftp://x': unsupported scheme 'ftp' "
+            "(supported: oci://, dummy://, grpc+unix://, grpc+http://)",
+        ),
+        ("OCI:///tmp/x", "build service URL 'OCI:///tmp/x': unsupported scheme 'OCI'"),
+        ("", "build service URL '': unsupported scheme (supported: oci://, dummy://"),
+        ("oci:/tmp/x", "build service URL 'oci:/tmp/x': unsupported scheme (supported: oci://"),
+        # bad query parameters, for every scheme that takes some
+        ("dummy://?delay", "invalid URL 'dummy://?delay': bad query: bad query field: 'delay'"),
+        ("dummy://?delay=1&&", "bad query field: ''"),
+        ("dummy://?=1", "invalid URL 'dummy://?=1': unknown parameters ['']"),
+        ("dummy://?delay=soon", "bad value 'soon' for 'delay'"),
+        ("dummy://?fail=all&fail=all", "parameter 'fail' given twice"),
+        ("oci:///tmp/x?max_builds=%zz", "bad value '%zz' for 'max_builds'"),
+        ("oci:///tmp/x?runc", "bad query field: 'runc'"),
+        ("grpc+unix:///x.sock?api", "invalid URL 'grpc+unix:///x.sock?api': bad query"),
+        ("grpc+unix:///x.sock?timeout=3", "unknown parameters ['timeout']"),
     ],
 )
 async def test_rejected_urls(url: str, message: str) -> None:
     with pytest.raises(InvalidRequest, match=re.escape(message)):
         await open_url(url)
+
+
+@pytest.mark.parametrize("url", [None, 42, b"dummy://"])
+async def test_a_url_is_a_string(url: object) -> None:
+    with pytest.raises(
+        InvalidRequest, match=f"a build service URL is a string, got {type(url).__name__}$"
+    ):
+        await open_url(url)  # type: ignore[arg-type]

@@ -18,7 +18,8 @@ build user (1000 / 100), ``sandbox_shell`` (a static shell bound at
 machine's), ``nofile`` and ``pids_limit``.  ``api=dobuild`` makes the gRPC
 adapter use upstream's ``DoBuild`` (no log stream) instead of our streaming
 method.  Unknown parameters, a bad value or an unknown scheme raise
-``InvalidRequest`` quoting the URL.  The caller owns the service and must
+``InvalidRequest`` quoting the URL (the scheme is dispatched by
+``tvixd.castore.registry.pick_backend``, like every registry's).  The caller owns the service and must
 ``await service.close()``.
 """
 
@@ -36,6 +37,7 @@ from clients.errors import InvalidRequest
 from tvixd.build.dummy import DummyBuildService
 from tvixd.build.oci.bundle import SandboxConfig
 from tvixd.build.oci.service import OciBuildService, OciConfig
+from tvixd.castore.registry import pick_backend
 
 __all__ = ["build_service_from_url"]
 
@@ -149,13 +151,5 @@ async def build_service_from_url(
     ``blobs`` and ``directories`` are where local builders read inputs from
     and put outputs into (a remote builder uses its own store).
     """
-    if not isinstance(url, str):
-        raise InvalidRequest(f"a build service URL is a string, got {type(url).__name__}")
-    scheme, sep, _ = url.partition("://")
-    factory = _BACKENDS.get(scheme) if sep else None
-    if factory is None:
-        supported = ", ".join(f"{s}://" for s in _BACKENDS)
-        raise InvalidRequest(
-            f"build service URL {url!r}: unsupported scheme (supported: {supported})"
-        )
+    factory = pick_backend("build", url, _BACKENDS, bare="unsupported")
     return await factory(url, blobs, directories)

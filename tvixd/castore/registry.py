@@ -12,7 +12,7 @@ URL                         backend
 
 Each backend checks the rest of its own URL; an unknown scheme or a bad shape
 raises ``InvalidRequest`` quoting the URL (:func:`pick_backend`, which the
-path-info registry uses too).  The constructors are async because
+path-info, build and evaluator registries use too).  The constructors are async because
 opening a backend does I/O (creating directories, opening a database).  The
 caller owns the returned service and must ``await service.close()``.
 """
@@ -20,7 +20,7 @@ caller owns the returned service and must ``await service.close()``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from clients.castore.grpc import GrpcBlobService, GrpcDirectoryService
 from clients.castore.protocols import BlobService, DirectoryService
@@ -58,23 +58,38 @@ _DIRECTORY_BACKENDS: Mapping[str, Callable[[str], Awaitable[DirectoryService]]] 
 }
 
 
-def pick_backend(kind: str, url: object, backends: Mapping[str, _F]) -> _F:
+def pick_backend(
+    kind: str,
+    url: object,
+    backends: Mapping[str, _F],
+    *,
+    noun: str | None = None,
+    bare: Literal["not a URL", "unsupported"] = "not a URL",
+) -> _F:
     """The constructor ``backends`` has for the scheme of ``url`` (``scheme://...``).
 
-    ``InvalidRequest`` naming the ``kind`` of service (``"blob"``, ``"path
-    info"``) and quoting the URL when it is not a string, has no ``://`` or
-    has a scheme ``backends`` lacks (the message lists the supported ones).
+    ``InvalidRequest`` naming the service and quoting the URL when it is not
+    a string, has no ``://`` or has a scheme ``backends`` lacks (the message
+    lists the supported ones).  The service is named ``"<kind> service"``
+    (``"blob service URL 'ftp://x': ..."``), or ``noun`` when given
+    (``"evaluator"``).  ``bare="unsupported"`` reports a URL without ``://``
+    as an unsupported scheme instead of as not a URL (the build registry's
+    wording).  Every registry of tvixd dispatches through this function.
     """
+    what = noun if noun is not None else f"{kind} service"
     if not isinstance(url, str):
-        raise InvalidRequest(f"a {kind} service URL is a string, got {type(url).__name__}")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise InvalidRequest(f"{article} {what} URL is a string, got {type(url).__name__}")
+    supported = ", ".join(f"{s}://" for s in backends)
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise InvalidRequest(f"{kind} service URL {url!r} is not a URL (expected scheme://...)")
+        if bare == "unsupported":
+            raise InvalidRequest(f"{what} URL {url!r}: unsupported scheme (supported: {supported})")
+        raise InvalidRequest(f"{what} URL {url!r} is not a URL (expected scheme://...)")
     factory = backends.get(scheme)
     if factory is None:
-        supported = ", ".join(f"{s}://" for s in backends)
         raise InvalidRequest(
-            f"{kind} service URL {url!r}: unsupported scheme {scheme!r} (supported: {supported})"
+            f"{what} URL {url!r}: unsupported scheme {scheme!r} (supported: {supported})"
         )
     return factory
 

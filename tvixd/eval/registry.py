@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from clients.castore.protocols import BlobService, DirectoryService
 from clients.errors import InvalidRequest
 from clients.store.protocols import PathInfoService
+from tvixd.castore.registry import pick_backend
 from tvixd.eval.nix import NixEvaluator
 from tvixd.eval.protocol import Evaluator
 
@@ -51,28 +54,9 @@ def _number(url: str, key: str, value: str, kind: type[int] | type[float]) -> fl
     return number
 
 
-async def evaluator_from_url(
-    url: str,
-    *,
-    blobs: BlobService,
-    directories: DirectoryService,
-    pathinfos: PathInfoService,
+async def _nix(
+    url: str, blobs: BlobService, directories: DirectoryService, pathinfos: PathInfoService
 ) -> Evaluator:
-    """Open the evaluator ``url`` names; the caller owns it and must ``await evaluator.close()``.
-
-    The services are where input sources are imported.  Raises
-    :class:`~clients.errors.InvalidRequest` quoting the URL when it is not
-    supported.
-    """
-    if not isinstance(url, str):
-        raise InvalidRequest(f"an evaluator URL is a string, got {type(url).__name__}")
-    scheme, sep, _ = url.partition("://")
-    if not sep:
-        raise InvalidRequest(f"evaluator URL {url!r} is not a URL (expected scheme://...)")
-    if scheme != "nix":
-        raise InvalidRequest(
-            f"evaluator URL {url!r}: unsupported scheme {scheme!r} (supported: nix://)"
-        )
     options = _nix_options(url)
     concurrency = options.get("max_concurrency")
     timeout = options.get("timeout")
@@ -87,3 +71,27 @@ async def evaluator_from_url(
         else None,
         timeout=_number(url, "timeout", timeout, float) if timeout is not None else 3600.0,
     )
+
+
+_Factory = Callable[
+    [str, BlobService, DirectoryService, PathInfoService], Coroutine[Any, Any, Evaluator]
+]
+_BACKENDS: Mapping[str, _Factory] = {"nix": _nix}
+
+
+async def evaluator_from_url(
+    url: str,
+    *,
+    blobs: BlobService,
+    directories: DirectoryService,
+    pathinfos: PathInfoService,
+) -> Evaluator:
+    """Open the evaluator ``url`` names; the caller owns it and must ``await evaluator.close()``.
+
+    The services are where input sources are imported.  Raises
+    :class:`~clients.errors.InvalidRequest` quoting the URL when it is not
+    supported (the scheme is dispatched by
+    :func:`tvixd.castore.registry.pick_backend`, like every registry's).
+    """
+    factory = pick_backend("evaluator", url, _BACKENDS, noun="evaluator")
+    return await factory(url, blobs, directories, pathinfos)
