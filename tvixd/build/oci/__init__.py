@@ -1,5 +1,6 @@
-"""The OCI builder: bundles (``bundle``), runc (``runner``), shared inputs
-(``materialize``), output checks (``outputs``) and the service (``service``)."""
+"""The OCI builder: bundles (``bundle``), runc and its shim (``runner``, ``shim``),
+shared inputs (``materialize``) linked into each build (``farm``), output
+checks (``outputs``) and the service (``service``)."""
 
 from __future__ import annotations
 

@@ -6,16 +6,19 @@ Layout of a bundle directory (everything root-owned unless said otherwise)::
     root/                    the container's root file system: empty, read-only;
                              mountpoints, /etc/{passwd,group,hosts}
     scratch/<i>-<name>/      one writable directory per scratch path, owned by
-                             the build user (the inputs dir: root:<gid>, 1775)
+                             the build user (the inputs dir: root:<gid>, 1775,
+                             holding the input closure as a hardlink farm)
 
 The sandbox (:func:`make_spec`): new mount, pid, ipc, uts and cgroup
 namespaces, and a network namespace (only loopback) unless
 ``network_access``; ``/proc``, a minimal ``/dev`` (tmpfs with runc's default
 devices, ``pts``, ``shm``, ``mqueue``), a private ``/tmp``; each scratch path
-bind-mounted read-write; each input bind-mounted read-only at
-``<inputs_dir>/<name>`` (symlink inputs are created as symlinks: a symlink
-cannot be bind-mounted); ``available_ro_paths`` and ``/bin/sh`` read-only;
-with network access ``/etc/{resolv.conf,services,hosts}`` of the host.
+bind-mounted read-write; the inputs inside the inputs dir, each either
+*linked* (:mod:`~tvixd.build.oci.farm`: recreated from the input cache with
+hard-linked, read-only, root-owned files; no mount at all) or bind-mounted
+read-only at ``<inputs_dir>/<name>``; symlink inputs are created as
+symlinks; ``available_ro_paths`` and ``/bin/sh`` read-only; with network
+access ``/etc/{resolv.conf,services,hosts}`` of the host.
 The process runs as ``uid:gid`` (not root) with no capabilities,
 ``noNewPrivileges``, ``RLIMIT_NOFILE`` and ``RLIMIT_CORE=0``; runc's default
 masked and read-only kernel paths; a pids limit.  Nothing else of the host
@@ -31,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from typing import Any
 from clients.build.model import BuildRequest
 from clients.castore.model import SymlinkNode
 from clients.errors import InvalidRequest
+from tvixd.build.oci.farm import Tree, link_tree
 
 __all__ = ["Bundle", "SandboxConfig", "make_spec", "prepare_bundle", "scratch_dir_name"]
 
@@ -121,7 +125,7 @@ def make_spec(
 ) -> dict[str, Any]:
     """The OCI runtime config for ``request`` (no I/O).
 
-    ``inputs`` maps each non-symlink input's name to its materialized host path.
+    ``inputs`` maps each bind-mounted input's name to its materialized host path.
     """
     c = request.constraints
     mounts = [
@@ -222,13 +226,17 @@ def _mkdirs(path: Path, stop: Path, owner: tuple[int, int] | None = None) -> Non
 def prepare_bundle(
     request: BuildRequest,
     bundle_dir: Path,
-    inputs: Mapping[bytes, Path],
+    inputs: Mapping[bytes, Tree],
     config: SandboxConfig,
+    *,
+    mount: Set[bytes] = frozenset(),
 ) -> Bundle:
     """Create the bundle directory for ``request`` (blocking; ``bundle_dir`` must not exist).
 
-    ``inputs`` maps each non-symlink input's name to its materialized host
-    path; symlink inputs are created directly.  Writes config.json last.
+    ``inputs`` maps each non-symlink input's name to its checked cache
+    entry; the names in ``mount`` are bind-mounted, the others linked into
+    the inputs dir (the cache must be on the bundle's file system); symlink
+    inputs are created directly.  Writes config.json last.
     """
     bundle_dir.mkdir(mode=0o700)
     root = bundle_dir / "root"
@@ -267,14 +275,21 @@ def prepare_bundle(
             (root / "etc" / name).write_text(text)
     inputs_host = bundle.host_path(request.inputs_dir) if request.inputs_dir else root
     _mkdirs(inputs_host, root)
+    inputs_at = bytes(inputs_host)
+    mounted = {}
     for node in request.inputs:
-        target = os.path.join(bytes(inputs_host), node.name)
+        target = os.path.join(inputs_at, node.name)
         if isinstance(node, SymlinkNode):
             os.symlink(node.target, target)
-        elif inputs[node.name].is_dir():
-            os.mkdir(target, 0o555)
+            os.utime(target, (1, 1), follow_symlinks=False)
+        elif node.name not in mount:
+            link_tree(inputs[node.name], target)
+        elif inputs[node.name].dirs:
+            os.mkdir(target, 0o555)  # a mountpoint
+            mounted[node.name] = Path(os.fsdecode(inputs[node.name].root))
         else:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
-    spec = make_spec(request, bundle, inputs, config)
-    (bundle_dir / "config.json").write_text(json.dumps(spec, indent=1))
+            mounted[node.name] = Path(os.fsdecode(inputs[node.name].root))
+    spec = make_spec(request, bundle, mounted, config)
+    (bundle_dir / "config.json").write_text(json.dumps(spec, separators=(",", ":")))
     return bundle

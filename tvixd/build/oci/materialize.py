@@ -3,15 +3,20 @@
 A store path used by many builds is written to disk once, under
 ``<dir>/<key>`` where ``key`` identifies the content (node kind, digest,
 executable bit: the name does not matter, builds mount it under their own),
-and every build bind-mounts it read-only.  Trees are written to a temporary
+and every build links it into its store directory (:mod:`~tvixd.build.oci.farm`)
+or bind-mounts it read-only.  Trees are written to a temporary
 ``.tmp-*`` sibling, made read-only like a Nix store path (files ``0444`` or
 ``0555``, directories ``0555``, mtime 1), and renamed into place, so a
 ``<key>`` entry is always complete; leftovers of a crash are removed by
 :meth:`InputCache.open`.  Concurrent requests for the same content wait for
 the one export in flight instead of repeating it.
 
-Symlink nodes are not materialized (a symlink cannot be bind-mounted; the
-bundle creates them).  Nothing is ever evicted: the cache grows with the set
+Because builds see the cache's files through hard links, every entry is
+checked (:func:`~tvixd.build.oci.farm.scan_tree`: root-owned, no write bits)
+once per process, when it is exported or first found on disk; an entry
+found unsafe is removed and exported again.
+
+Symlink nodes are not materialized (the bundle creates them).  Nothing is ever evicted: the cache grows with the set
 of distinct inputs (delete the directory while the builder is stopped to
 reclaim space).
 """
@@ -19,10 +24,12 @@ reclaim space).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import stat
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -31,8 +38,11 @@ import anyio.to_thread
 from clients.castore.model import DirectoryNode, FileNode
 from clients.castore.protocols import BlobService, DirectoryService
 from clients.store.ingest import export_node
+from tvixd.build.oci.farm import Tree, UnsafeCacheEntry, scan_tree
 
 __all__ = ["InputCache", "content_key"]
+
+log = logging.getLogger(__name__)
 
 
 def content_key(node: DirectoryNode | FileNode) -> str:
@@ -83,7 +93,7 @@ class InputCache:
         self._dir = directory
         self._blobs = blobs
         self._directories = directories
-        self._ready: set[str] = set()
+        self._ready: dict[str, Tree] = {}
         self._inflight: dict[str, anyio.Event] = {}
 
     def __repr__(self) -> str:
@@ -104,35 +114,62 @@ class InputCache:
         await anyio.to_thread.run_sync(prepare)
         return cls(directory, blobs, directories)
 
-    async def get(self, node: DirectoryNode | FileNode) -> Path:
-        """The host path of ``node``'s content, materializing it first if needed.
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    def known(self, node: DirectoryNode | FileNode) -> Tree | None:
+        """``node``'s checked cache entry if this process has it already (no I/O)."""
+        return self._ready.get(content_key(node))
+
+    async def get(self, node: DirectoryNode | FileNode) -> Tree:
+        """``node``'s content on disk (checked, see the module docstring), materializing it if needed.
 
         Raises :class:`~clients.errors.NotFound` when a blob or directory is
         absent from the castore (then nothing is cached).
         """
         key = content_key(node)
         path = self._dir / key
-        while key not in self._ready:
+        while (tree := self._ready.get(key)) is None:
             event = self._inflight.get(key)
             if event is not None:
                 await event.wait()  # the export in flight may fail: then check again
                 continue
             event = self._inflight[key] = anyio.Event()  # before any await: one exporter per key
             try:
-                if not await anyio.to_thread.run_sync(os.path.lexists, path):
-                    await self._export(node, path)
-                self._ready.add(key)
+                self._ready[key] = await self._existing(path) or await self._export(node, path)
             finally:
                 del self._inflight[key]
                 event.set()
-        return path
+        return tree
 
-    async def _export(self, node: DirectoryNode | FileNode, path: Path) -> None:
+    async def _existing(self, path: Path) -> Tree | None:
+        """The entry already on disk (from an earlier run), if it is there and safe."""
+
+        def check() -> Tree | None:
+            if not os.path.lexists(path):
+                return None
+            try:
+                return scan_tree(path)
+            except UnsafeCacheEntry as exc:
+                log.warning("removing unsafe input cache entry %s: %s", path, exc)
+                _remove(path)
+                return None
+
+        return await anyio.to_thread.run_sync(check)
+
+    async def _export(self, node: DirectoryNode | FileNode, path: Path) -> Tree:
         tmp = self._dir / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+
+        def finish() -> Tree:
+            _make_read_only(tmp)
+            tree = scan_tree(tmp)  # raises if the export could be modified through a link
+            os.rename(tmp, path)
+            return replace(tree, root=os.fsencode(path))
+
         try:
             await export_node(node, self._blobs, self._directories, tmp)
-            await anyio.to_thread.run_sync(_make_read_only, tmp)
-            await anyio.to_thread.run_sync(os.rename, tmp, path)
+            return await anyio.to_thread.run_sync(finish)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_remove, tmp)

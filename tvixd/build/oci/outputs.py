@@ -32,9 +32,20 @@ from nixcompat.hash import HashAlgo, NixHash
 from nixcompat.nar import NarWriter, write_path
 from nixcompat.refscan import RefScanner
 
-__all__ = ["FixedOutput", "OutputCheck", "fixed_output_of", "hash_mismatch", "inspect_output"]
+__all__ = [
+    "SMALL_OUTPUT",
+    "FixedOutput",
+    "OutputCheck",
+    "SmallOutput",
+    "fixed_output_of",
+    "hash_mismatch",
+    "inspect_output",
+    "read_small",
+]
 
 _CHUNK = 1 << 20
+SMALL_OUTPUT = 1 << 20
+"""Outputs that are a regular file up to this size, or a symlink, are read whole (:func:`read_small`)."""
 _ATTRS_JSON = "build/.attrs.json"
 
 
@@ -114,6 +125,34 @@ def _flat_hash(path: str, algo: HashAlgo) -> NixHash:
         while chunk := f.read(_CHUNK):
             hasher.update(chunk)
     return NixHash(algo, hasher.digest())
+
+
+@dataclass(frozen=True)
+class SmallOutput:
+    """An output that is a small regular file (``contents``) or a symlink (``target``)."""
+
+    contents: bytes | None = None
+    executable: bool = False
+    target: bytes | None = None
+
+
+def read_small(path: str) -> SmallOutput | None:
+    """The output at ``path`` if it is a symlink or a regular file of at most :data:`SMALL_OUTPUT`.
+
+    Blocking.  Executable means the owner's ``x`` bit, as in a NAR.  None
+    for anything else (a directory, a big file: ingest those as trees).
+    """
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return SmallOutput(target=os.readlink(os.fsencode(path)))
+    if not stat.S_ISREG(st.st_mode) or st.st_size > SMALL_OUTPUT:
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    with open(fd, "rb", buffering=0) as f:
+        contents = f.read(SMALL_OUTPUT + 1)
+    if len(contents) > SMALL_OUTPUT:
+        return None
+    return SmallOutput(contents=contents, executable=bool(st.st_mode & stat.S_IXUSR))
 
 
 def inspect_output(

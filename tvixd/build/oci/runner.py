@@ -1,21 +1,23 @@
-"""Running one container with runc, log lines streamed as they come.
+"""Running containers with runc, log lines streamed as they come.
 
-A small shim process (:mod:`tvixd.build.oci.shim`) runs ``runc create`` and
-``runc start`` with one pipe as the container's stdout *and* stderr, so the
+One long-lived shim process per builder (:mod:`tvixd.build.oci.shim`,
+started on the first build and again if it dies) runs ``runc run
+--detach`` with one pipe as the container's stdout *and* stderr, so the
 caller gets the build's output as one ordered stream, line by line (without
 the ``\\n``; lines longer than :data:`MAX_LINE` are split; a last
 unterminated line is delivered at the end), and the shim reports the exit
-status of the container's init (pid 1 of its pid namespace).  When the init
-exits, the kernel kills every other process in the namespace, so a build
-cannot leave anything running.
+status of the container's init (pid 1 of its pid namespace) on a socket
+private to the build, after deleting the container.  When the init exits,
+the kernel kills every other process in the namespace, so a build cannot
+leave anything running.
 
 On timeout, cancellation or a failing ``on_line``, the container is killed
-(``runc kill ID KILL``), the shim is waited for (and killed with its process
-group if it hangs), and ``runc delete --force ID`` removes what is left —
-shielded and bounded by :data:`CLEANUP_TIMEOUT`.  Cancellation then
-propagates; a timeout is reported in the result.  Every runc call uses a
-private state directory (``runc --root``), so :meth:`Runc.remove_all` can
-clear containers left behind by a crash.
+(``runc kill ID KILL``; the shim is told too, by shutting down the build's
+socket), the shim's answer is waited for, and ``runc delete --force ID``
+removes what is left — shielded and bounded by :data:`CLEANUP_TIMEOUT`.
+Cancellation then propagates; a timeout is reported in the result.  Every
+runc call uses a private state directory (``runc --root``), so
+:meth:`Runc.remove_all` can clear containers left behind by a crash.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections import deque
@@ -35,9 +38,10 @@ from pathlib import Path
 from typing import NoReturn
 
 import anyio
-from anyio.abc import Process
+import anyio.to_thread
 
 from clients.build.errors import BuildError, BuildFailed
+from clients.store.nar import single_errors
 
 __all__ = ["CLEANUP_TIMEOUT", "MAX_LINE", "TAIL_LINES", "RunResult", "Runc"]
 
@@ -94,18 +98,83 @@ class _Lines:
             await self._emit(line)
 
 
+class _Shim:
+    """The running shim process and the control socket to it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], control: socket.socket) -> None:
+        self.process = process
+        self.control = control
+
+    @classmethod
+    def start(cls, runc: str, root: Path) -> _Shim:
+        """Start a shim (blocking)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", SHIM, runc, str(root)],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(process, ours)
+
+    def stop(self) -> None:
+        """Close the control socket (the shim kills what still runs), wait for it (blocking)."""
+        self.control.close()
+        try:
+            self.process.wait(CLEANUP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.error("the runc shim (pid %d) did not exit; killing it", self.process.pid)
+            _kill_group(self.process.pid)
+            self.process.wait()
+
+
 class Runc:
-    """The runc binary and its private state directory."""
+    """The runc binary, its private state directory and the shim that runs containers."""
 
     def __init__(self, state_dir: Path, *, runc: str = "runc") -> None:
         self._runc = runc
         self._root = state_dir
+        self._shim: _Shim | None = None
+        self._shim_lock = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"Runc({self._runc}, root={self._root})"
 
     def _cmd(self, *args: str) -> list[str]:
         return [self._runc, "--root", str(self._root), *args]
+
+    async def _control(self) -> socket.socket:
+        """The control socket of a running shim, started if needed."""
+        async with self._shim_lock:
+            shim = self._shim
+            if shim is not None and shim.process.poll() is not None:
+                log.warning(
+                    "the runc shim exited with %s; starting a new one", shim.process.returncode
+                )
+                shim.control.close()
+                shim = self._shim = None
+            if shim is None:
+                try:
+                    shim = await anyio.to_thread.run_sync(_Shim.start, self._runc, self._root)
+                except OSError as exc:
+                    raise BuildError(f"cannot start the runc shim: {exc}") from exc
+                self._shim = shim
+            return shim.control
+
+    async def close(self) -> None:
+        """Stop the shim (killing containers still running); bounded."""
+        async with self._shim_lock:
+            shim, self._shim = self._shim, None
+        if shim is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shim.stop)
 
     async def run(
         self,
@@ -122,57 +191,61 @@ class Runc:
         :class:`BuildError`.
         """
         lines = _Lines(on_line)
-        status_file = bundle_dir / "status.json"
-        command = [sys.executable, "-I", "-S", SHIM, self._runc, str(self._root)]
-        command += [str(bundle_dir), container_id, str(status_file)]
+        control = await self._control()
+        request = json.dumps({"id": container_id, "bundle": str(bundle_dir)}).encode()
+        log_read, log_write = os.pipe()
+        conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        answer: dict[str, object] | None = None
         try:
-            process = await anyio.open_process(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise BuildError(f"cannot start the runc shim: {exc}") from exc
-        finished = False
-        try:
+            try:
+                await _send(control, request, [log_write, theirs.fileno()])
+            except OSError as exc:
+                raise BuildError(f"cannot reach the runc shim: {exc}") from exc
+            finally:
+                os.close(log_write)
+                theirs.close()
+            os.set_blocking(log_read, False)
+            conn.setblocking(False)
             with anyio.move_on_after(time_limit) as scope:
-                assert process.stdout is not None
-                async for chunk in process.stdout:
-                    await lines.feed(chunk)
-                await lines.finish()
-                await process.wait()
-                finished = True
+                with single_errors():  # on_line's error on its own, not in a group
+                    async with anyio.create_task_group() as tg:
+
+                        async def wait_for_answer() -> None:
+                            nonlocal answer
+                            answer = await _answer(conn)
+                            if answer is None:  # the shim died: stop reading a log nobody ends
+                                tg.cancel_scope.cancel()
+
+                        tg.start_soon(wait_for_answer)
+                        while data := await _read(log_read):
+                            await lines.feed(data)
+                        await lines.finish()
         finally:
             with anyio.CancelScope(shield=True):
-                if not finished:
-                    await self._stop(process, container_id)
-                with anyio.move_on_after(CLEANUP_TIMEOUT):
-                    await process.aclose()
+                if answer is None:
+                    await self._stop(conn, container_id)
+                os.close(log_read)
+                conn.close()
         tail = tuple(lines.tail)
         if scope.cancelled_caught:
             return RunResult(-1, True, tail)
-        status = await anyio.to_thread.run_sync(_read_status, status_file)
-        code = status.get("exit_code")
+        code = answer.get("exit_code") if answer else None
         if not isinstance(code, int):
-            _raise_start_failure(status.get("error"), process.returncode, tail)
+            error = answer.get("error") if answer else "the runc shim exited during the build"
+            _raise_start_failure(error, tail)
         return RunResult(code, False, tail)
 
-    async def _stop(self, process: Process, container_id: str) -> None:
-        """Kill the container and the shim, delete the container; bounded, never raises."""
+    async def _stop(self, conn: socket.socket, container_id: str) -> None:
+        """Kill the container, wait for the shim's answer, delete it; bounded, never raises."""
         with anyio.move_on_after(CLEANUP_TIMEOUT) as scope:
             await self._quiet("kill", container_id, "KILL")
-            with anyio.move_on_after(CLEANUP_TIMEOUT / 4):
-                await process.wait()
-            if process.returncode is None:
-                _kill_group(process.pid)
-                await process.wait()
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+            with anyio.move_on_after(CLEANUP_TIMEOUT / 2), contextlib.suppress(OSError):
+                await _answer(conn)
             await self._quiet("delete", "--force", container_id)
         if scope.cancelled_caught:
             log.error("could not stop container %s within %s s", container_id, CLEANUP_TIMEOUT)
-        if process.returncode is None:
-            _kill_group(process.pid)
 
     async def _quiet(self, *args: str) -> None:
         try:
@@ -203,26 +276,51 @@ class Runc:
         return ids
 
 
+async def _send(control: socket.socket, message: bytes, fds: list[int]) -> None:
+    """One request with its descriptors on the (non-blocking) control socket."""
+    while True:
+        try:
+            socket.send_fds(control, [message], fds)
+            return
+        except BlockingIOError:
+            await anyio.wait_writable(control)
+
+
+async def _read(fd: int) -> bytes:
+    """The next chunk of the (non-blocking) log pipe; ``b""`` at its end."""
+    while True:
+        try:
+            return os.read(fd, 65536)
+        except BlockingIOError:
+            await anyio.wait_readable(fd)
+
+
+async def _answer(conn: socket.socket) -> dict[str, object] | None:
+    """The shim's one-line JSON answer on the build's socket (None if it closed without one)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        try:
+            chunk = conn.recv(4096)
+        except BlockingIOError:
+            await anyio.wait_readable(conn)
+            continue
+        if not chunk:
+            return None
+        data += chunk
+    value = json.loads(data)
+    return value if isinstance(value, dict) else None
+
+
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-
-
-def _read_status(path: Path) -> dict[str, object]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 _RUNC_MESSAGE = re.compile(rb'msg="((?:[^"\\]|\\.)*)"')
 _EXEC_FAILURE = "unable to start container process: exec:"
 
 
-def _raise_start_failure(
-    error: object, returncode: int | None, tail: tuple[bytes, ...]
-) -> NoReturn:
+def _raise_start_failure(error: object, tail: tuple[bytes, ...]) -> NoReturn:
     """The container did not start: the builder program is not executable, or runc failed."""
     messages = [
         m.group(1).decode("utf-8", "replace").replace('\\"', '"')
@@ -233,6 +331,6 @@ def _raise_start_failure(
         if _EXEC_FAILURE in message:
             detail = message.split(_EXEC_FAILURE, 1)[1].strip()
             raise BuildFailed(f"could not execute the builder: {detail}", log_tail=tail)
-    detail = error if isinstance(error, str) else f"the shim exited with {returncode}"
+    detail = error if isinstance(error, str) else f"the shim answered {error!r}"
     last = "".join("\n  " + line.decode(errors="replace") for line in tail)
     raise BuildError(f"could not run the container: {detail}{last}")

@@ -7,8 +7,12 @@ Per build (at most ``max_builds`` at a time, default: the number of cores):
 2. materialize the inputs (:class:`~tvixd.build.oci.materialize.InputCache`:
    once per builder, shared read-only);
 3. prepare a bundle (:mod:`~tvixd.build.oci.bundle`) under
-   ``<state>/builds/<id>`` and run it (:mod:`~tvixd.build.oci.runner`),
-   streaming log lines, within ``timeout`` seconds;
+   ``<state>/builds/<id>``, its store directory holding the input closure as
+   a hardlink farm of the cache (:mod:`~tvixd.build.oci.farm`; inputs with
+   more than ``link_limit`` entries, or all of them when the cache is on
+   another file system than ``builds/``, are bind-mounted read-only
+   instead), and run it (:mod:`~tvixd.build.oci.runner`), streaming log
+   lines, within ``timeout`` seconds;
 4. check: a zero exit, every output present, for a fixed output the declared
    hash (Nix's mismatch message, both hashes), no references from a fixed
    output; scan every output for the refscan needles;
@@ -43,12 +47,20 @@ from clients.build.model import Build, BuildRequest
 from clients.build.protocols import LogSink
 from clients.castore.model import DirectoryNode, FileNode, Node, SymlinkNode
 from clients.castore.protocols import BlobService, DirectoryService
+from clients.castore.streams import put_bytes
 from clients.errors import InvalidRequest
 from clients.store.ingest import ingest_path
 from nixcompat.nar import NarError
 from tvixd.build.oci.bundle import Bundle, SandboxConfig, prepare_bundle
+from tvixd.build.oci.farm import Tree, same_file_system
 from tvixd.build.oci.materialize import InputCache
-from tvixd.build.oci.outputs import FixedOutput, fixed_output_of, hash_mismatch, inspect_output
+from tvixd.build.oci.outputs import (
+    FixedOutput,
+    fixed_output_of,
+    hash_mismatch,
+    inspect_output,
+    read_small,
+)
 from tvixd.build.oci.runner import CLEANUP_TIMEOUT, Runc, RunResult
 
 __all__ = ["OciBuildService", "OciConfig", "default_systems"]
@@ -63,7 +75,9 @@ class OciConfig:
     ``max_builds``: builds at once (None: the number of cores); ``timeout``:
     seconds per build (None: no limit); ``allowed_ro_paths``: host paths a
     request may ask for as ``available_ro_paths``; ``systems``: the systems
-    built here (None: :func:`default_systems`).
+    built here (None: :func:`default_systems`); ``link_limit``: inputs with
+    more entries (files, directories, symlinks) than this are bind-mounted
+    instead of linked (None: every input is linked, 0: every one mounted).
     """
 
     max_builds: int | None = None
@@ -72,6 +86,7 @@ class OciConfig:
     runc: str = "runc"
     allowed_ro_paths: tuple[str, ...] = ()
     systems: tuple[str, ...] | None = None
+    link_limit: int | None = None
 
 
 def default_systems() -> tuple[str, ...]:
@@ -102,10 +117,12 @@ def _setup(state: Path) -> tuple[Path, IO[bytes]]:
     return state, lock
 
 
-def _clear_builds(builds: Path) -> None:
+def _clear_builds(builds: Path, inputs: Path) -> bool:
+    """Empty ``builds``; whether the input cache can be hard-linked into it."""
     if builds.exists():
         shutil.rmtree(builds)
     builds.mkdir(mode=0o700)
+    return same_file_system(builds, inputs)
 
 
 class OciBuildService:
@@ -133,6 +150,7 @@ class OciBuildService:
         self._runc = Runc(state_dir / "runc", runc=config.runc)
         self._allowed_ro = frozenset(config.allowed_ro_paths)
         self.systems = frozenset(default_systems() if config.systems is None else config.systems)
+        self._link_limit = config.link_limit
 
     @classmethod
     async def open(
@@ -148,18 +166,28 @@ class OciBuildService:
             inputs = await InputCache.open(state / "inputs", blobs, directories)
             service = cls(state, blobs, directories, inputs, lock, config or OciConfig())
             stale = await service._runc.remove_all()  # before their bundles go
-            await anyio.to_thread.run_sync(_clear_builds, state / "builds")
+            linkable = await anyio.to_thread.run_sync(
+                _clear_builds, state / "builds", state / "inputs"
+            )
         except BaseException:
             lock.close()
             raise
         if stale:
             log.warning("removed %d containers left by a previous run: %s", len(stale), stale)
+        if not linkable:
+            log.warning(
+                "%s and %s are on different file systems: inputs are bind-mounted, not linked",
+                state / "inputs",
+                state / "builds",
+            )
+            service._link_limit = 0
         return service
 
     def __repr__(self) -> str:
         return f"OciBuildService({self._state}, max_builds={self.max_builds})"
 
     async def close(self) -> None:
+        await self._runc.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -207,8 +235,12 @@ class OciBuildService:
             bundle_dir = self._state / "builds" / container_id
             try:
                 inputs = await self._materialize(request.inputs)
+                limit = self._link_limit
+                mount = frozenset(
+                    name for name, tree in inputs.items() if limit is not None and tree.size > limit
+                )
                 bundle = await anyio.to_thread.run_sync(
-                    prepare_bundle, request, bundle_dir, inputs, self.sandbox
+                    lambda: prepare_bundle(request, bundle_dir, inputs, self.sandbox, mount=mount)
                 )
                 result = await self._runc.run(
                     bundle_dir, container_id, on_line=on_log, time_limit=self.timeout
@@ -218,17 +250,26 @@ class OciBuildService:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
                     await anyio.to_thread.run_sync(_remove_tree, bundle_dir)
 
-    async def _materialize(self, nodes: Iterable[Node]) -> dict[bytes, Path]:
-        paths: dict[bytes, Path] = {}
+    async def _materialize(self, nodes: Iterable[Node]) -> dict[bytes, Tree]:
+        trees: dict[bytes, Tree] = {}
+        missing: list[DirectoryNode | FileNode] = []
+        for node in nodes:
+            if not isinstance(node, SymlinkNode):
+                tree = self._inputs.known(node)
+                if tree is None:
+                    missing.append(node)
+                else:
+                    trees[node.name] = tree
+        if not missing:
+            return trees
 
         async def one(node: DirectoryNode | FileNode) -> None:
-            paths[node.name] = await self._inputs.get(node)
+            trees[node.name] = await self._inputs.get(node)
 
         async with anyio.create_task_group() as tg:
-            for node in nodes:
-                if not isinstance(node, SymlinkNode):
-                    tg.start_soon(one, node)
-        return paths
+            for node in missing:
+                tg.start_soon(one, node)
+        return trees
 
     async def _collect(
         self, request: BuildRequest, bundle: Bundle, result: RunResult, fixed: FixedOutput | None
@@ -274,13 +315,22 @@ class OciBuildService:
         nodes = []
         for output, host in zip(request.outputs, hosts, strict=True):
             try:
-                ingested = await ingest_path(
-                    host, self._blobs, self._directories, name=output.rsplit("/", 1)[-1].encode()
-                )
+                nodes.append(await self._ingest(host, output.rsplit("/", 1)[-1].encode()))
             except (OSError, NarError) as exc:  # the checks above read it: this is not the build
                 raise BuildError(f"could not ingest output '/{output}': {exc}") from exc
-            nodes.append(ingested.node)
         return Build(request, tuple(nodes), tuple(needles))
+
+    async def _ingest(self, host: Path, name: bytes) -> Node:
+        """Put the output at ``host`` into the castore; its root node, called ``name``."""
+        small = await anyio.to_thread.run_sync(read_small, str(host))
+        if small is None:
+            ingested = await ingest_path(host, self._blobs, self._directories, name=name)
+            return ingested.node
+        if small.target is not None:
+            return SymlinkNode(name, small.target)
+        assert small.contents is not None
+        digest = await put_bytes(self._blobs, small.contents)
+        return FileNode(name, digest, len(small.contents), small.executable)
 
 
 def _remove_tree(path: Path) -> None:

@@ -1,72 +1,147 @@
-"""The per-build shim: runs one container so that stdout and stderr stay one ordered stream.
+"""The builder's runc shim: one long-lived process that starts containers and reaps their inits.
 
-``runc run`` (foreground) gives the container separate stdout and stderr
-pipes and copies each to its own stdio in its own goroutine, so the order of
-lines on the two streams is lost.  Detached runc (``create`` / ``start``)
-instead hands the container its *own* stdio — the single log pipe the
-runner gives this shim as stdout and stderr, exactly like a Nix builder's
-merged output.  A detached container's init is not runc's child any more,
-so this shim makes itself a child subreaper: the init is re-parented to it,
-and its exit status can be waited for.
+``runc run`` in the foreground gives the container separate stdout and
+stderr pipes and copies each to its own stdio in its own goroutine, so the
+order of lines on the two streams is lost.  Detached, runc hands the
+container its *own* stdio instead — here the single log pipe the runner
+passes for the build, exactly like a Nix builder's merged output.  A
+detached container's init is not runc's child any more, so this process is
+a child subreaper: the inits are re-parented to it and their exit statuses
+can be waited for.  One shim serves every build of a builder, so a build
+costs no interpreter start-up, only ``runc run --detach`` and ``runc delete``.
 
-Run as ``python -I -S shim.py RUNC ROOT BUNDLE ID STATUS_FILE`` (standard
-library only, no imports from the project).  Writes ``STATUS_FILE``
-(JSON): ``{"exit_code": n}`` (the init's status; ``128 + signal`` when
-killed) or ``{"error": "..."}`` when the container could not be started
-(runc's message is in the log).  Deletes the container at the end.
+Run as ``python -I -S shim.py RUNC ROOT`` (standard library only, no
+imports from the project) with a ``SOCK_SEQPACKET`` socket as standard
+input.  Each message on it starts one container: JSON
+``{"id": ID, "bundle": DIR}`` with two descriptors, the log pipe's write
+end (the container's stdout and stderr, and runc's own messages) and one
+end of a stream socket private to that build.  On that socket the shim
+answers one JSON line and closes it: ``{"exit_code": n}`` (the init's
+status; ``128 + signal`` when killed) or ``{"error": "..."}`` when the
+container could not be started (runc's message is in the log); the
+container is deleted before the answer.  When the runner shuts down its
+end of the build's socket (or closes it), the container is killed first.
+At end of file on standard input every running container is killed, and the
+shim exits when they are deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
+import threading
 
 PR_SET_CHILD_SUBREAPER = 36
+SHUTDOWN_WAIT = 20.0
 
 
-def _status(path: str, **value: object) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-    os.rename(tmp, path)
+class Shim:
+    """The containers in flight, each followed by one thread."""
+
+    def __init__(self, runc: str, root: str) -> None:
+        self.base = [runc, "--root", root]
+        self.lock = threading.Lock()
+        self.running: dict[str, threading.Thread] = {}
+
+    def runc(self, *args: str, out: int | None = subprocess.DEVNULL) -> int:
+        return subprocess.run(
+            [*self.base, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False
+        ).returncode
+
+    def start(self, request: dict[str, str], log: int, conn: socket.socket) -> None:
+        container_id = request["id"]
+        thread = threading.Thread(target=self.follow, args=(request, log, conn), daemon=True)
+        with self.lock:
+            self.running[container_id] = thread
+        thread.start()
+
+    def follow(self, request: dict[str, str], log: int, conn: socket.socket) -> None:
+        container_id, bundle = request["id"], request["bundle"]
+        try:
+            try:
+                answer = self.run(container_id, bundle, log, conn)
+            except Exception as exc:  # anything: the runner must get an answer
+                self.runc("delete", "--force", container_id)
+                answer = {"error": f"shim: {exc!r}"}
+            with contextlib.suppress(OSError):  # the runner is gone; the container is deleted
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+        finally:
+            conn.close()
+            with self.lock:
+                self.running.pop(container_id, None)
+
+    def run(
+        self, container_id: str, bundle: str, log: int, conn: socket.socket
+    ) -> dict[str, object]:
+        pid_file = os.path.join(bundle, "init.pid")
+        try:
+            code = self.runc(
+                "run", "--detach", "--bundle", bundle, "--pid-file", pid_file, container_id, out=log
+            )
+        finally:
+            os.close(log)
+        if code != 0:
+            self.runc("delete", "--force", container_id)
+            return {"error": f"runc run failed with exit code {code}"}
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+        pidfd = os.pidfd_open(pid)
+        try:
+            poll = select.poll()
+            poll.register(pidfd, select.POLLIN)
+            poll.register(conn, select.POLLIN)
+            exited = False
+            while not exited:
+                for fd, _ in poll.poll():
+                    if fd == pidfd:
+                        exited = True
+                    else:  # the runner gave up on this build (or died): kill it
+                        poll.unregister(conn)
+                        self.runc("kill", container_id, "KILL")
+        finally:
+            os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        self.runc("delete", "--force", container_id)
+        return {"exit_code": code if code >= 0 else 128 - code}
+
+    def shutdown(self) -> None:
+        """Kill every running container and wait (bounded) for their threads."""
+        with self.lock:
+            running = dict(self.running)
+        for container_id in running:
+            self.runc("kill", container_id, "KILL")
+        for thread in running.values():
+            thread.join(SHUTDOWN_WAIT)
 
 
 def main(argv: list[str]) -> int:
-    runc, root, bundle, container_id, status_file = argv
+    runc, root = argv
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        _status(status_file, error=f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
+        print(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}", file=sys.stderr)
         return 1
-    base = [runc, "--root", root]
-    pid_file = os.path.join(bundle, "init.pid")
-    create = subprocess.run(
-        [*base, "create", "--bundle", bundle, "--pid-file", pid_file, container_id],
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if create.returncode != 0:
-        _status(status_file, error=f"runc create failed with exit code {create.returncode}")
-        return 1
-    with open(pid_file) as f:
-        pid = int(f.read().strip())
-    start = subprocess.run([*base, "start", container_id], stdin=subprocess.DEVNULL, check=False)
-    if start.returncode != 0:
-        subprocess.run([*base, "delete", "--force", container_id], check=False)
-        _status(status_file, error=f"runc start failed with exit code {start.returncode}")
-        return 1
-    _, wait_status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(wait_status)
-    subprocess.run(
-        [*base, "delete", "--force", container_id],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=False,
-    )
-    _status(status_file, exit_code=code if code >= 0 else 128 - code)
-    return 0
+    control = socket.socket(fileno=0)
+    shim = Shim(runc, root)
+    try:
+        while True:
+            message, fds, _, _ = socket.recv_fds(control, 65536, 2)
+            if not message:
+                return 0
+            if len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                print(f"shim: a request without its two descriptors: {message!r}", file=sys.stderr)
+                continue
+            shim.start(json.loads(message), fds[0], socket.socket(fileno=fds[1]))
+    finally:
+        shim.shutdown()
 
 
 if __name__ == "__main__":
