@@ -39,7 +39,10 @@ start-up.
 Nix's outputs and every ``.drv`` written are deleted afterwards (best effort).
 Run: ``.venv/bin/python bench/graph.py --quick`` (as root: Nix's sandbox);
 ``--json PATH`` writes the results; ``--profile DIR`` runs each daemon under
-cProfile and leaves ``DIR/tvixd-<builder>.prof``.
+cProfile and leaves ``DIR/tvixd-<builder>.prof``; ``--only dummy`` measures
+the coordinator overhead alone (as ``--no-nix --no-oci``).  The dummy build
+through the daemon also reports ``tvixctl``'s own CPU time (it shares the
+machine) and the 1-minute load average before and after.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -261,11 +265,18 @@ async def coordinator_alone(file: Path, salt: str, jobs: int, state: Path) -> di
     return {"wall_s": wall, "cpu_s": cpu, "derivations": sum(final.counts.values())}
 
 
-def _timed_tvixd(daemon: TvixDaemon, file: Path, salt: str) -> tuple[float, float, int]:
-    """``(wall seconds, daemon CPU seconds, derivations counted)`` of one ``tvixctl build``."""
-    cpu = daemon.cpu()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed_tvixd(daemon: TvixDaemon, file: Path, salt: str) -> tuple[float, float, float, int]:
+    """``(wall seconds, daemon CPU seconds, tvixctl CPU seconds, derivations counted)`` of one
+    ``tvixctl build``."""
+    cpu, client = daemon.cpu(), _children_cpu()
     wall, job = timed(lambda: tvixctl_build(daemon.socket, file, salt))
-    return wall, daemon.cpu() - cpu, sum(job["counts"].values())
+    client = _children_cpu() - client
+    return wall, daemon.cpu() - cpu, client, sum(job["counts"].values())
 
 
 # -- the measurement -----------------------------------------------------------------------------
@@ -327,18 +338,20 @@ def measure(
             result["nix_noop_s"], _ = timed(lambda: nix_build(file, nix_salt, graph.jobs))
         if oci:
             daemon, oci_salt = graph.daemon("oci"), salt()
-            wall, cpu, count = _timed_tvixd(daemon, file, oci_salt)
+            wall, cpu, _, count = _timed_tvixd(daemon, file, oci_salt)
             result.update(tvixd_build_s=wall, tvixd_build_cpu_s=cpu, tvixd_derivations=count)
-            wall, cpu, _ = _timed_tvixd(daemon, file, oci_salt)
+            wall, cpu, _, _ = _timed_tvixd(daemon, file, oci_salt)
             result.update(tvixd_noop_s=wall, tvixd_noop_cpu_s=cpu)
             wall, state = timed(lambda: anyio.run(api_build, daemon.socket, file, oci_salt))
             if state != "SUCCEEDED":
                 raise BenchError(f"the no-op rebuild through the API ended {state}")
             result["tvixd_noop_api_s"] = wall
         daemon, dummy_salt = graph.daemon("dummy"), salt()
-        wall, cpu, count = _timed_tvixd(daemon, file, dummy_salt)
+        result["load_before"] = os.getloadavg()[0]
+        wall, cpu, client, count = _timed_tvixd(daemon, file, dummy_salt)
         result.update(dummy_build_s=wall, dummy_build_cpu_s=cpu, dummy_derivations=count)
-        wall, cpu, _ = _timed_tvixd(daemon, file, dummy_salt)
+        result.update(dummy_tvixctl_cpu_s=client, load_after=os.getloadavg()[0])
+        wall, cpu, _, _ = _timed_tvixd(daemon, file, dummy_salt)
         result.update(dummy_noop_s=wall, dummy_noop_cpu_s=cpu)
         alone_salt, alone_state = salt(), graph.work / f"alone-{file.stem}"
         alone = anyio.run(coordinator_alone, file, alone_salt, graph.jobs, alone_state)
@@ -354,6 +367,7 @@ def _derived(r: dict[str, Any], nodes: int) -> dict[str, Any]:
         "dummy_ms_per_drv": r["dummy_build_s"] / nodes * 1e3,
         "dummy_ms_per_drv_minus_eval": (r["dummy_build_s"] - r["nix_instantiate_s"]) / nodes * 1e3,
         "dummy_cpu_ms_per_drv": r["dummy_build_cpu_s"] / nodes * 1e3,
+        "dummy_tvixctl_cpu_ms_per_drv": r["dummy_tvixctl_cpu_s"] / nodes * 1e3,
         "alone_ms_per_drv_minus_eval": (r["alone_wall_s"] - r["nix_instantiate_s"]) / nodes * 1e3,
         "alone_cpu_ms_per_drv": r["alone_cpu_s"] / nodes * 1e3,
     }
@@ -386,7 +400,9 @@ def table(results: Sequence[dict[str, Any]]) -> Iterator[str]:
         yield (
             f"  dummy:  {r['dummy_build_s']:.2f} s = {r['dummy_ms_per_drv']:.2f} ms/drv "
             f"({r['dummy_ms_per_drv_minus_eval']:.2f} ms/drv without Nix's evaluation; "
-            f"daemon CPU {r['dummy_cpu_ms_per_drv']:.2f} ms/drv); no-op {r['dummy_noop_s']:.2f} s"
+            f"daemon CPU {r['dummy_cpu_ms_per_drv']:.2f} ms/drv, tvixctl CPU "
+            f"{r['dummy_tvixctl_cpu_ms_per_drv']:.2f} ms/drv); no-op {r['dummy_noop_s']:.2f} s "
+            f"(1-minute load average {r['load_before']:.2f} before, {r['load_after']:.2f} after)"
         )
         yield (
             f"  coordinator alone (memory stores, no gRPC): "
@@ -409,9 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="builds at a time, both sides (2)")
     parser.add_argument("--no-nix", action="store_true", help="skip nix-build (no sandbox here)")
     parser.add_argument("--no-oci", action="store_true", help="tvixd with the dummy builder only")
+    parser.add_argument(
+        "--only",
+        choices=["dummy"],
+        help="dummy: only the coordinator overhead (Nix's evaluation, the dummy:// daemon and "
+        "the coordinator alone; as --no-nix --no-oci)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--profile", type=Path, help="write the daemons' cProfiles into DIR")
     args = parser.parse_args(argv)
+    if args.only == "dummy":
+        args.no_nix = args.no_oci = True
     sizes = args.nodes or ([100] if args.quick else [200, 1000])
     shallow = (
         args.shallow if args.shallow is not None else [] if args.quick or args.nodes else [1000]

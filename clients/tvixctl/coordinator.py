@@ -18,7 +18,10 @@ any other status               :class:`CommandError` (status and message)
 :meth:`CoordinatorClient.watch` resumes after a dropped connection: it
 reconnects with backoff (:class:`Reconnect`) and asks for the events after
 the last sequence number it received, so the caller sees every event once,
-in order — across a daemon restart too, since the journal keeps them.
+in order — across a daemon restart too, since the journal keeps them.  It
+reads ``WatchBatches`` (events decoded by :mod:`clients.tvixctl.events`, not
+betterproto: a busy job's events cost tvixctl little CPU), falling back to
+``Watch`` (generated messages) for a daemon that does not have it.
 """
 
 from __future__ import annotations
@@ -30,15 +33,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import anyio
 from grpclib.client import Channel
-from grpclib.const import Status
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from clients.castore.grpc_common import forget_stale_cancels
 from clients.tvixctl.common import CommandError
+from clients.tvixctl.events import Event, EventBatch
 from clients.tvixctl.formats import oneof
 from proto.gen.tvixd import v1 as pb
 
@@ -111,6 +115,14 @@ def is_final(event: Any) -> bool:
     return which == "job_state" and body.state in FINAL_JOB_STATES
 
 
+def _unimplemented(exc: GRPCError) -> bool:
+    """Whether the server does not have the method (a grpclib server says so without the
+    content-type header, which grpclib's client reports as ``UNKNOWN``)."""
+    return exc.status is Status.UNIMPLEMENTED or (
+        exc.status is Status.UNKNOWN and exc.message == "Missing content-type header"
+    )
+
+
 @dataclass(frozen=True)
 class Reconnect:
     """How :meth:`CoordinatorClient.watch` retries: doubling delays, for at most ``timeout`` s."""
@@ -137,6 +149,7 @@ class CoordinatorClient:
         self.socket = socket
         self.timeout = timeout
         self._channel: Channel | None = None
+        self._batches = True  # WatchBatches until the daemon says it has none
 
     def __repr__(self) -> str:
         return f"CoordinatorClient({self.socket!r})"
@@ -240,6 +253,28 @@ class CoordinatorClient:
         self, job_id: str, from_seq: int, follow: bool
     ) -> AsyncGenerator[Any, None]:
         request = pb.WatchRequest(job_id=job_id, from_seq=from_seq, follow=follow)
+        if self._batches:
+            received = False
+            with self._errors("WatchBatches"):
+                try:
+                    self._stub()  # connects
+                    assert self._channel is not None
+                    async with self._channel.request(
+                        "/tvixd.v1.Coordinator/WatchBatches",
+                        Cardinality.UNARY_STREAM,
+                        pb.WatchRequest,
+                        EventBatch,
+                    ) as stream:
+                        await stream.send_message(request, end=True)
+                        async for batch in stream:
+                            received = True
+                            for event in cast("list[Event]", batch):
+                                yield event
+                    return
+                except GRPCError as exc:
+                    if not _unimplemented(exc) or received:
+                        raise
+                    self._batches = False  # a daemon from before WatchBatches
         with self._errors("Watch"):
             async with aclosing(self._stub().watch(request)) as events:
                 async for event in events:

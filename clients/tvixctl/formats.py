@@ -9,7 +9,8 @@ docs/tvixctl.md); they are built here and nowhere else:
   ``"done"``, ``"dependency_failed"``); ``source`` is ``{"nix_file": path,
   "attr_paths": [...], "args": {name: {"expr"|"str": value}}}`` or
   ``{"drv_paths": [...]}``; ``outputs`` is a list of ``{"drv_path",
-  "output", "path"}``;
+  "output", "path", "attr_path"}`` in the order of the requested attribute
+  paths (for a failed or cancelled job: only the outputs it built);
 * an **event** (one JSON object per line in ``watch --json``): ``{"seq",
   "job_id", "time_unix_ms", "type", ...}`` with ``type`` ``"job_state"``
   (``state``, ``error``), ``"derivation_state"`` (``drv_path``, ``state``,
@@ -24,6 +25,7 @@ from typing import Any
 
 import betterproto
 
+from clients.tvixctl.events import Event
 from proto.gen.tvixd import v1 as pb
 
 __all__ = [
@@ -43,7 +45,13 @@ _DRV_PREFIX = "DERIVATION_STATE_"
 
 
 def oneof(message: Any, group: str) -> tuple[str, Any]:
-    """The field set in the oneof ``group`` of ``message`` and its value (``("", None)``: none)."""
+    """The field set in the oneof ``group`` of ``message`` and its value (``("", None)``: none).
+
+    ``message`` is a generated message or a :class:`clients.tvixctl.events.Event` (group
+    ``"event"``).
+    """
+    if isinstance(message, Event) and group == "event":
+        return message.which, message.body
     which, value = betterproto.which_one_of(message, group)
     return which, value
 
@@ -102,7 +110,13 @@ def job_json(job: Any) -> dict[str, Any]:
         "updated_unix_ms": int(job.updated_unix_ms),
         "counts": counts_of(job),
         "outputs": [
-            {"drv_path": o.drv_path, "output": o.output_name, "path": o.path} for o in job.outputs
+            {
+                "drv_path": o.drv_path,
+                "output": o.output_name,
+                "path": o.path,
+                "attr_path": o.attr_path,
+            }
+            for o in job.outputs
         ],
         "error": job.error,
         "last_seq": int(job.last_seq),

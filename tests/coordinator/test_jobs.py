@@ -263,3 +263,29 @@ async def test_drv_paths_job_signing_and_listing(tmp_path: Path) -> None:
         assert [j.id for j in listed.jobs] == [failed.id, job.id]
         only = await env.stub.list_jobs(tvixd_pb.ListJobsRequest(states=[tvixd_pb.JobState.FAILED]))
         assert only.jobs == []
+
+
+async def test_outputs_of_a_failed_job_are_those_it_built_in_request_order(
+    tmp_path: Path,
+) -> None:
+    nix = graph_nix(tmp_path, FAILING, fail={"bad": "bad on purpose"})
+    attrs = ["ok3", "top", "bad", "ok1"]
+    drvs = {name: instantiate(nix, name)[0] for name in attrs}
+    outs = {n: show_derivations([d])[d]["outputs"]["out"]["path"] for n, d in drvs.items()}  # type: ignore[index]
+    async with running(tmp_path) as env:
+        job = await env.submit_file(nix, *attrs, keep_going=True)
+        events = await env.events(job.id)
+        assert job_states(events)[-1] == "failed"
+        final = await env.stub.get_job(tvixd_pb.GetJobRequest(id=job.id))
+        # top and bad did not build: not listed; the rest in the order they were asked for.
+        assert [(o.attr_path, o.drv_path, o.output_name, o.path) for o in final.outputs] == [
+            (name, drvs[name], "out", outs[name]) for name in ("ok3", "ok1")
+        ]
+        listed = await env.stub.list_jobs(tvixd_pb.ListJobsRequest())
+        assert [o.path for o in listed.jobs[0].outputs] == [outs["ok3"], outs["ok1"]]
+        # The same attributes built successfully: every output, in request order.
+        again = await env.submit_file(nix, "ok1", "ok3", "ok2")
+        await env.events(again.id)
+        done = await env.stub.get_job(tvixd_pb.GetJobRequest(id=again.id))
+        assert done.state == tvixd_pb.JobState.SUCCEEDED
+        assert [o.attr_path for o in done.outputs] == ["ok1", "ok3", "ok2"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import grpc
 import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from proto.gen.tvixd import v1 as tvixd_pb
 from tests.coordinator.harness import Stores, running
@@ -18,6 +21,7 @@ from tests.coordinator.helpers import (
     log_lines,
 )
 from tests.coordinator.nixfiles import graph_nix, instantiate
+from tests.interop import GrpcioProtos, in_thread
 from tvixd.build.dummy import DummyBuildService
 from tvixd.journal import DROPPED_LINE
 
@@ -119,3 +123,49 @@ async def test_stored_log_keeps_the_last_bytes(tmp_path: Path) -> None:
         assert lines[-1] == stored[-1]
         assert [body(e)[0] for e in replayed] == [body(e)[0] for e in events]
         assert drv_states(replayed) == drv_states(events)
+
+
+async def test_watch_batches_carry_the_events_of_watch(
+    tmp_path: Path, grpcio_protos: GrpcioProtos
+) -> None:
+    """WatchBatches: the same events as Watch, live and replayed, resumable, read by grpcio too."""
+    nix = graph_nix(tmp_path, {"a": [], "b": ["a"], "c": ["b"], "d": ["a"]})
+    stores = Stores()
+    builder = ChattyBuilder(DummyBuildService(stores.blobs, delay=0.05), lines=3)
+    async with running(tmp_path, builder=builder, stores=stores) as env:
+        job = await env.submit_file(nix, "c", "d")
+        live: list[list[tvixd_pb.JobEvent]] = []
+        with anyio.fail_after(20):
+            request = tvixd_pb.WatchRequest(job_id=job.id, follow=True)
+            async for batch in env.stub.watch_batches(request):
+                live.append(list(batch.events))
+        events = await env.events(job.id)
+        assert_gapless(events)
+        assert job_states(events)[-1] == "succeeded"
+        assert all(live)
+        assert [e for b in live for e in b] == events
+        assert len(live) < len(events)  # several events to a message
+        for start in (0, 5, len(events) - 1, len(events)):
+            request = tvixd_pb.WatchRequest(job_id=job.id, from_seq=start, follow=False)
+            replay = [e async for b in env.stub.watch_batches(request) for e in b.events]
+            assert replay == events[start:]
+        beyond = tvixd_pb.WatchRequest(job_id=job.id, from_seq=len(events) + 1)
+        with pytest.raises(GRPCError) as excinfo:
+            await anext(aiter(env.stub.watch_batches(beyond)))
+        assert excinfo.value.status is Status.INVALID_ARGUMENT
+
+        pb, rpc = grpcio_protos.coordinator, grpcio_protos.coordinator_grpc
+        socket = str(tmp_path / "tvixd.sock")
+
+        def with_grpcio() -> tuple[list[bytes], list[bytes]]:
+            with grpc.insecure_channel(f"unix:{socket}") as channel:
+                stub = rpc.CoordinatorStub(channel)
+                request = pb.WatchRequest(job_id=job.id, follow=True)
+                batched = [
+                    e.SerializeToString() for b in stub.WatchBatches(request) for e in b.events
+                ]
+                single = [e.SerializeToString() for e in stub.Watch(request)]
+                return batched, single
+
+        batched, single = await in_thread(with_grpcio)
+        assert batched == single == [bytes(e) for e in events]

@@ -250,6 +250,14 @@ class Coordinator:
         """Events of the job with ``seq > from_seq``; see :func:`tvixd.coordinator.streams.watch`."""
         return streams.watch(self.driver, self.journal, self._events, job_id, from_seq, follow)
 
+    def watch_batches(
+        self, job_id: str, from_seq: int = 0, follow: bool = True
+    ) -> AsyncGenerator[list[JobEvent], None]:
+        """:meth:`watch` in batches; see :func:`tvixd.coordinator.streams.watch_batches`."""
+        return streams.watch_batches(
+            self.driver, self.journal, self._events, job_id, from_seq, follow
+        )
+
     def follow_log(self, drv_path: str, follow: bool = True) -> AsyncGenerator[LogLine, None]:
         """A derivation's build log; see :func:`tvixd.coordinator.streams.follow_log`."""
         return streams.follow_log(self.driver, self.journal, self._logs, drv_path, follow)

@@ -137,7 +137,7 @@ class Driver(NodeDriver):
             outputs = [(name, drv.outputs[name].path) for name in root.outputs]
             self._journal.add_root(run.id, root.attr_path, node.key, outputs)
             for name, path in outputs:
-                run.outputs[JobOutput(node.key, name, path)] = None
+                run.outputs.setdefault(JobOutput(node.key, name, path, root.attr_path))
         self.attach(run, node)
         await self.settle()
 

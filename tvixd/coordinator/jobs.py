@@ -15,9 +15,9 @@ from types import MappingProxyType
 
 import anyio
 
-from fsm import JobMachine, JobState
+from fsm import DrvState, JobMachine, JobState
 from tvixd.coordinator.graph import Node
-from tvixd.journal.model import JobInfo, JobOutput, JobSpec
+from tvixd.journal.model import JobInfo, JobOutput, JobSpec, in_request_order
 
 __all__ = ["JobRun"]
 
@@ -52,7 +52,12 @@ class JobRun:
     def info(
         self, *, state: JobState, error: str | None, updated_ms: int, last_seq: int
     ) -> JobInfo:
-        """The job as the API shows it, in ``state``."""
+        """The job as the API shows it, in ``state`` (once failed or cancelled, with only the
+        outputs it built)."""
+        outputs: list[JobOutput] | dict[JobOutput, None] = self.outputs
+        if state in (JobState.FAILED, JobState.CANCELLED):
+            done = {node.key for node in self.nodes if node.state is DrvState.DONE}
+            outputs = [output for output in self.outputs if output.drv_path in done]
         return JobInfo(
             id=self.id,
             state=state,
@@ -61,7 +66,7 @@ class JobRun:
             updated_ms=updated_ms,
             last_seq=last_seq,
             counts=MappingProxyType(self.counts()),
-            outputs=tuple(self.outputs),
+            outputs=in_request_order(outputs, self.spec),
             error=error or "",
         )
 

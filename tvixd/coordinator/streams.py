@@ -9,6 +9,7 @@ falls behind (see :mod:`tvixd.coordinator.hub`) catches up from the journal.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from clients.errors import InvalidRequest, NotFound
 from fsm import DerivationRecord, DrvState
@@ -19,7 +20,7 @@ from tvixd.coordinator.jobdriver import Driver
 from tvixd.journal.journal import Journal
 from tvixd.journal.model import JobEvent, LogLine, StoredLogLine
 
-__all__ = ["follow_log", "watch"]
+__all__ = ["follow_log", "watch", "watch_batches"]
 
 PAGE = 1000
 """Stored events or log lines read per journal query."""
@@ -37,7 +38,29 @@ async def watch(
     """Events of the job with ``seq > from_seq``; with ``follow``, live ones until it is final.
 
     ``NotFound`` for an unknown job; ``InvalidRequest`` when ``from_seq``
-    is negative or beyond the job's last event.
+    is negative or beyond the job's last event.  (:func:`watch_batches`, one
+    event at a time.)
+    """
+    batches = watch_batches(driver, journal, hub, job_id, from_seq, follow)
+    async with aclosing(batches):
+        async for batch in batches:
+            for event in batch:
+                yield event
+
+
+async def watch_batches(
+    driver: Driver,
+    journal: Journal,
+    hub: Hub[str, JobEvent],
+    job_id: str,
+    from_seq: int = 0,
+    follow: bool = True,
+) -> AsyncGenerator[list[JobEvent], None]:
+    """:func:`watch`'s events in batches: consecutive, never empty, in ``seq`` order.
+
+    A batch is a page of the stored events (at most :data:`PAGE`) or the
+    events of this job one journal commit made durable; the last batch ends
+    with the final event.  Errors as :func:`watch`.
     """
     if from_seq < 0:
         raise InvalidRequest(f"from_seq must not be negative, got {from_seq}")
@@ -56,10 +79,11 @@ async def watch(
             sub.caught_up()
             while True:  # replay what is durable
                 events = await journal.events_after(job_id, last, PAGE)
-                for event in events:
-                    yield event
-                    last = event.seq
-                    if event.is_final:
+                if events:
+                    batch, final = _until_final(events)
+                    yield batch
+                    last = batch[-1].seq
+                    if final:
                         return
                 if len(events) < PAGE:
                     break
@@ -72,15 +96,24 @@ async def watch(
                     return
                 continue
             while not sub.lagged:
-                batch = await sub.next_batch()
-                fresh = [event for event in batch if event.seq > last]
-                if fresh and fresh[0].seq != last + 1:
+                fresh = [event for event in await sub.next_batch() if event.seq > last]
+                if not fresh:
+                    continue
+                if fresh[0].seq != last + 1:
                     break  # cannot happen (commits are published in order): replay
-                for event in fresh:
-                    yield event
-                    last = event.seq
-                    if event.is_final:
-                        return
+                batch, final = _until_final(fresh)
+                yield batch
+                last = batch[-1].seq
+                if final:
+                    return
+
+
+def _until_final(events: list[JobEvent]) -> tuple[list[JobEvent], bool]:
+    """``events`` up to and including the first final one, and whether there was one."""
+    for i, event in enumerate(events):
+        if event.is_final:
+            return events[: i + 1], True
+    return events, False
 
 
 async def follow_log(

@@ -37,6 +37,7 @@ from tvixd.journal.model import (
     JobStateChanged,
     LogLine,
     StoredLogLine,
+    in_request_order,
 )
 
 SCHEMA_VERSION = 1
@@ -130,19 +131,24 @@ def write(conn: sqlite3.Connection, batch: Batch) -> None:
     """Write ``batch`` in one transaction (all or nothing)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.executemany(_UPSERT_JOB, batch.jobs.values())
-        conn.executemany(
-            "INSERT OR REPLACE INTO derivations VALUES (?, ?, ?, ?, ?, ?)",
-            batch.derivations.values(),
-        )
-        conn.executemany("INSERT OR REPLACE INTO job_roots VALUES (?, ?, ?, ?, ?)", batch.roots)
-        conn.executemany("INSERT OR IGNORE INTO job_drvs VALUES (?, ?)", batch.job_drvs)
-        conn.executemany("INSERT INTO log_lines VALUES (?, ?, ?, ?)", batch.log_lines)
-        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.events)
-        conn.executemany("DELETE FROM log_lines WHERE drv_path = ? AND id < ?", batch.log_resets)
-        conn.executemany(
-            "DELETE FROM log_lines WHERE drv_path = ? AND attempt = ? AND id < ?", batch.log_trims
-        )
+        for sql, rows in (
+            (_UPSERT_JOB, batch.jobs.values()),
+            (
+                "INSERT OR REPLACE INTO derivations VALUES (?, ?, ?, ?, ?, ?)",
+                batch.derivations.values(),
+            ),
+            ("INSERT OR REPLACE INTO job_roots VALUES (?, ?, ?, ?, ?)", batch.roots),
+            ("INSERT OR IGNORE INTO job_drvs VALUES (?, ?)", batch.job_drvs),
+            ("INSERT INTO log_lines VALUES (?, ?, ?, ?)", batch.log_lines),
+            ("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.events),
+            ("DELETE FROM log_lines WHERE drv_path = ? AND id < ?", batch.log_resets),
+            (
+                "DELETE FROM log_lines WHERE drv_path = ? AND attempt = ? AND id < ?",
+                batch.log_trims,
+            ),
+        ):
+            if rows:
+                conn.executemany(sql, rows)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -189,29 +195,44 @@ def event_row(event: JobEvent, log_id: int | None = None) -> tuple[Any, ...]:
 # -- reading ----------------------------------------------------------------------
 
 
-def _outputs(conn: sqlite3.Connection, job_id: str) -> tuple[JobOutput, ...]:
-    rows = conn.execute(
-        "SELECT drv_path, outputs FROM job_roots WHERE job_id = ? ORDER BY idx", (job_id,)
-    ).fetchall()
-    seen: dict[JobOutput, None] = {}
-    for drv_path, outputs in rows:
-        for name, path in json.loads(outputs):
-            seen[JobOutput(drv_path, name, path)] = None
-    return tuple(seen)
+def _outputs(
+    conn: sqlite3.Connection, job_id: str, spec: JobSpec, state: JobState, updated_ms: int
+) -> tuple[JobOutput, ...]:
+    """The job's outputs (:func:`in_request_order`); for a failed or cancelled job only those
+    of derivations that were done when it ended."""
+    if state in (JobState.FAILED, JobState.CANCELLED):
+        rows = conn.execute(
+            "SELECT r.attr_path, r.drv_path, r.outputs FROM job_roots r JOIN derivations d"
+            " ON d.drv_path = r.drv_path WHERE r.job_id = ? AND d.state = ? AND d.updated_ms <= ?"
+            " ORDER BY r.idx",
+            (job_id, DrvState.DONE.value, updated_ms),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT attr_path, drv_path, outputs FROM job_roots WHERE job_id = ? ORDER BY idx",
+            (job_id,),
+        ).fetchall()
+    found = (
+        JobOutput(drv_path, name, path, attr_path)
+        for attr_path, drv_path, outputs in rows
+        for name, path in json.loads(outputs)
+    )
+    return in_request_order(found, spec)
 
 
 def _job(conn: sqlite3.Connection, row: tuple[Any, ...]) -> JobInfo:
     job_id, spec, state, reason, created, updated, last_seq, counts = row
     try:
+        job_spec, job_state = JobSpec.from_json(spec), JobState(state)
         return JobInfo(
             id=job_id,
-            state=JobState(state),
-            spec=JobSpec.from_json(spec),
+            state=job_state,
+            spec=job_spec,
             created_ms=created,
             updated_ms=updated,
             last_seq=last_seq,
             counts=json.loads(counts) if counts else {},
-            outputs=_outputs(conn, job_id),
+            outputs=_outputs(conn, job_id, job_spec, job_state, updated),
             error=reason or "",
         )
     except (ValueError, KeyError, TypeError) as exc:

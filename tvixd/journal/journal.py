@@ -39,6 +39,7 @@ from typing import TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 
 from clients.errors import StorageError
@@ -255,6 +256,9 @@ class Journal:
         try:
             while True:
                 await self._wakeup.wait()
+                # Group commit: let the tasks woken in this turn of the event loop enqueue
+                # what they have first (one transaction for all of it, not one each).
+                await anyio.lowlevel.checkpoint()
                 self._wakeup = anyio.Event()
                 await self._write_open_batch()
         finally:

@@ -17,7 +17,7 @@ converts in one place.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -165,11 +165,32 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class JobOutput:
-    """One output a job realises: the derivation, the output name and its store path."""
+    """One output a job realises: the derivation, the output name and its store path.
+
+    ``attr_path`` is the attribute path it was asked for by (``""``: the file's
+    value, or a ``.drv`` path); it is not part of equality, so an output two
+    attributes evaluate to is listed once, under the first.
+    """
 
     drv_path: str
     output_name: str
     path: str
+    attr_path: str = field(default="", compare=False)
+
+
+def in_request_order(outputs: Iterable[JobOutput], spec: JobSpec) -> tuple[JobOutput, ...]:
+    """``outputs`` (unique) in the order ``spec`` names their attribute paths.
+
+    Evaluation streams, so roots arrive in the order their evaluations finish;
+    this is the order ``nix-build -A a -A b`` would list them.  Outputs of one
+    attribute, and those not named by an attribute path, keep their order.
+    """
+    unique = tuple(dict.fromkeys(outputs))
+    source = spec.source
+    if not isinstance(source, NixFileSource) or len(source.attr_paths) < 2:
+        return unique
+    rank = {attr: i for i, attr in reversed(list(enumerate(source.attr_paths)))}
+    return tuple(sorted(unique, key=lambda o: rank.get(o.attr_path, len(rank))))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 Each row holds the canonical protobuf encoding of a validated path info
 (``clients.store.wire.encode_path_info``) under its 20-byte store path digest.
+:func:`encode` writes the same bytes directly (betterproto took ~0.5 ms a path
+info, most of a push's CPU); path infos with a content address still go
+through betterproto.
 The database runs in WAL mode with ``synchronous=FULL``, so a committed put
 survives a crash; each put is one transaction.  Reads decode and validate the
 stored bytes and raise ``StorageError`` when they are corrupt or stored under
@@ -26,6 +29,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from clients.castore.model import DirectoryNode, FileNode, Node, SymlinkNode
 from clients.errors import InvalidRequest, StorageError
 from clients.store import wire
 from clients.store.model import PathInfo, store_path_digest
@@ -44,6 +48,65 @@ def _create(conn: sqlite3.Connection) -> None:
         " data BLOB NOT NULL"
         ") WITHOUT ROWID"
     )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(key: int, value: bytes) -> bytes:
+    """A length-delimited field, written even when empty (messages, repeated items)."""
+    return bytes((key,)) + _varint(len(value)) + bytes(value)
+
+
+def _scalar(key: int, value: bytes) -> bytes:
+    """A singular ``bytes``/``string`` field: left out when empty (proto3)."""
+    return _field(key, value) if value else b""
+
+
+def _number(key: int, value: int) -> bytes:
+    return bytes((key,)) + _varint(value) if value else b""
+
+
+def _node(node: Node) -> bytes:
+    """The encoded ``tvix.castore.v1.Node``."""
+    if isinstance(node, FileNode):
+        inner = (
+            _scalar(0x0A, node.name) + _scalar(0x12, node.digest)
+            + _number(0x18, node.size) + _number(0x20, int(node.executable))
+        )  # fmt: skip
+        return _field(0x12, inner)
+    if isinstance(node, DirectoryNode):
+        inner = _scalar(0x0A, node.name) + _scalar(0x12, node.digest) + _number(0x18, node.size)
+        return _field(0x0A, inner)
+    assert isinstance(node, SymlinkNode)
+    return _field(0x1A, _scalar(0x0A, node.name) + _scalar(0x12, node.target))
+
+
+def encode(info: PathInfo) -> bytes:
+    """``wire.encode_path_info(info)``: the same bytes, written directly."""
+    if info.ca is not None:
+        return wire.encode_path_info(info)
+    narinfo = [_number(0x08, info.nar_size), _scalar(0x12, info.nar_sha256)]
+    narinfo += (
+        _field(0x1A, _scalar(0x0A, s.name.encode()) + _scalar(0x12, s.data))
+        for s in info.signatures
+    )
+    narinfo += (_field(0x22, r.basename.encode()) for r in info.references)
+    if info.deriver is not None:
+        deriver = info.deriver
+        narinfo.append(
+            _field(0x2A, _scalar(0x0A, deriver.name.encode()) + _scalar(0x12, deriver.digest))
+        )
+    parts = [_field(0x0A, _node(info.node))]
+    parts += (_field(0x12, r.digest) for r in info.references)
+    parts.append(_field(0x1A, b"".join(narinfo)))
+    return b"".join(parts)
 
 
 class SqlitePathInfoService:
@@ -90,7 +153,7 @@ class SqlitePathInfoService:
 
     async def put(self, info: PathInfo) -> PathInfo:
         info.validate()
-        row = (info.digest, wire.encode_path_info(info))
+        row = (info.digest, encode(info))
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(f"INSERT OR REPLACE INTO {TABLE} (digest, data) VALUES (?, ?)", row)

@@ -90,6 +90,11 @@ class JobOutput(betterproto.Message):
     drv_path: str = betterproto.string_field(1)
     output_name: str = betterproto.string_field(2)
     path: str = betterproto.string_field(3)
+    attr_path: str = betterproto.string_field(4)
+    """
+    The attribute path the output was asked for by ("" for the file's
+     top-level value and for .drv paths).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -105,6 +110,11 @@ class Job(betterproto.Message):
     """Number of derivations per state (keys: DerivationState names)."""
 
     outputs: List["JobOutput"] = betterproto.message_field(7)
+    """
+    The outputs the job realises, in the order of the requested attribute
+     paths; once the job failed or was cancelled, only those it built.
+    """
+
     error: str = betterproto.string_field(8)
     """
     Why the job failed: an evaluation error verbatim, or the failing derivation.
@@ -180,6 +190,13 @@ class JobEvent(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class JobEventBatch(betterproto.Message):
+    """Consecutive events of one job (never empty)."""
+
+    events: List["JobEvent"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class FollowLogRequest(betterproto.Message):
     drv_path: str = betterproto.string_field(1)
     follow: bool = betterproto.bool_field(2)
@@ -233,6 +250,24 @@ class CoordinatorStub(betterproto.ServiceStub):
             "/tvixd.v1.Coordinator/Watch",
             watch_request,
             JobEvent,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def watch_batches(
+        self,
+        watch_request: "WatchRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[JobEventBatch]:
+        async for response in self._unary_stream(
+            "/tvixd.v1.Coordinator/WatchBatches",
+            watch_request,
+            JobEventBatch,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -338,6 +373,12 @@ class CoordinatorBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield JobEvent()
 
+    async def watch_batches(
+        self, watch_request: "WatchRequest"
+    ) -> AsyncIterator[JobEventBatch]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield JobEventBatch()
+
     async def get_job(self, get_job_request: "GetJobRequest") -> "Job":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -368,6 +409,16 @@ class CoordinatorBase(ServiceBase):
         request = await stream.recv_message()
         await self._call_rpc_handler_server_stream(
             self.watch,
+            stream,
+            request,
+        )
+
+    async def __rpc_watch_batches(
+        self, stream: "grpclib.server.Stream[WatchRequest, JobEventBatch]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.watch_batches,
             stream,
             request,
         )
@@ -416,6 +467,12 @@ class CoordinatorBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 WatchRequest,
                 JobEvent,
+            ),
+            "/tvixd.v1.Coordinator/WatchBatches": grpclib.const.Handler(
+                self.__rpc_watch_batches,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                WatchRequest,
+                JobEventBatch,
             ),
             "/tvixd.v1.Coordinator/GetJob": grpclib.const.Handler(
                 self.__rpc_get_job,
