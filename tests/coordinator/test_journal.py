@@ -216,3 +216,21 @@ async def test_a_stopped_writer_fails_commits_at_once_and_close_flushes(tmp_path
         await journal.close()  # writes what is still open
     async with journal_at(path) as (reopened, _):
         assert await reopened.get_job("late") is not None
+
+
+async def test_the_journal_runs_in_wal_mode_with_synchronous_normal(tmp_path: Path) -> None:
+    """The durability contract of docs/coordinator.md: WAL, commits not fsynced (Nix's choice).
+
+    Safe only because the store stays ``synchronous=FULL`` (tests/castore/test_sqlite.py).
+    """
+    from tvixd.journal import db
+
+    def pragmas() -> tuple[object, object]:
+        conn = db.connect(tmp_path / "jobs.db")
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()
+            return mode, conn.execute("PRAGMA synchronous").fetchone()
+        finally:
+            conn.close()
+
+    assert await anyio.to_thread.run_sync(pragmas) == (("wal",), (1,))  # 1: NORMAL

@@ -15,7 +15,10 @@ Tables (schema version :data:`SCHEMA_VERSION`, in ``PRAGMA user_version``):
 
 Everything one :class:`Batch` holds is written in one transaction, so a
 crash leaves either all of it or none (``last_seq`` of a job and its events
-commit together: the event log has no gaps).  WAL mode, ``synchronous=FULL``.
+commit together: the event log has no gaps).  WAL mode, ``synchronous=NORMAL``
+(as Nix's own database): a process crash loses nothing; an OS crash or power
+loss may lose the last transactions whole, never part of one (see
+docs/coordinator.md, "The journal").
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA synchronous=NORMAL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
             raise CorruptJournal(
