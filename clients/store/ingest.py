@@ -48,9 +48,13 @@ from clients.castore.model import B3Digest, Directory, DirectoryNode, FileNode, 
 from clients.castore.protocols import BlobService, DirectoryService
 from clients.castore.streams import CHUNK_SIZE, chunks_of
 from clients.errors import InvalidRequest, NotFound, StorageError
+from clients.store.ingest_common import READ_FLAGS as _READ_FLAGS
+from clients.store.ingest_common import IngestResult, read_exactly, shrank
 from clients.store.model import PathInfo, check_node, with_name
 from clients.store.nar import single_errors
 from clients.store.protocols import PathInfoService
+from clients.store.sink import SinkProvider
+from clients.store.sink_ingest import ingest_with_sink
 from nixcompat.hash import HashAlgo, NixHash
 from nixcompat.nar import NarError, NarHasher, NarWriter
 from nixcompat.narinfo import CaMethod, ContentAddress
@@ -70,26 +74,6 @@ UPLOADS = 128
 _READ_AHEAD = 32 * CHUNK_SIZE
 _BATCH_BYTES = CHUNK_SIZE
 _BATCH_EVENTS = 256
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    """The root node (named as requested), the NAR's size and sha256, and statistics.
-
-    ``blobs_uploaded`` / ``bytes_uploaded`` count the blobs actually sent
-    (blobs the blob service already had are not).
-    """
-
-    node: Node
-    nar_size: int
-    nar_sha256: bytes
-    files: int = 0
-    file_bytes: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    blobs_uploaded: int = 0
-    bytes_uploaded: int = 0
 
 
 # Walker events: a whole small file, or a large file already hashed (read again to upload).
@@ -181,7 +165,7 @@ class _Walk:
             size, executable = st.st_size, bool(st.st_mode & stat.S_IXUSR)
             self.writer.begin_regular(executable, size)
             if size <= CHUNK_SIZE:
-                data = _read_exactly(fd, size, path)
+                data = read_exactly(fd, size, path)
                 self.writer.write_contents(data)
                 event: _Event = _Small(B3Digest(blake3.blake3(data).digest()), data)
             else:
@@ -200,27 +184,11 @@ class _Walk:
         while remaining:
             n = os.readv(fd, [view[: min(remaining, CHUNK_SIZE)]])
             if not n:
-                raise _shrank(path, size, remaining)
+                raise shrank(path, size, remaining)
             remaining -= n
             hasher.update(view[:n])
             self.writer.write_contents(view[:n])  # type: ignore[arg-type]
         return B3Digest(hasher.digest())
-
-
-def _shrank(path: bytes, size: int, remaining: int) -> NarError:
-    return NarError(
-        f"{os.fsdecode(path)!r} shrank while being ingested: got {size - remaining} of {size} bytes"
-    )
-
-
-def _read_exactly(fd: int, size: int, path: bytes) -> bytes:
-    data = os.read(fd, size) if size else b""
-    while len(data) < size:  # short reads are rare (regular files), but possible
-        more = os.read(fd, size - len(data))
-        if not more:
-            raise _shrank(path, size, size - len(data))
-        data += more
-    return data
 
 
 def _next_batch(events: Iterator[_Event]) -> list[_Event]:
@@ -256,7 +224,7 @@ async def _put_large(blobs: BlobService, large: _Large) -> None:
         while remaining:
             data = await anyio.to_thread.run_sync(os.read, fd, min(remaining, CHUNK_SIZE))
             if not data:
-                raise _shrank(large.path, large.size, remaining)
+                raise shrank(large.path, large.size, remaining)
             remaining -= len(data)
             yield data
 
@@ -340,6 +308,8 @@ async def ingest_path(
     (sockets, fifos, devices; a file that shrinks or changes while read),
     ``OSError`` for unreadable files, and the blob/directory services' errors.
     """
+    if isinstance(blobs, SinkProvider):
+        return await ingest_with_sink(path, blobs, directories, name=name)
     walk = _Walk(os.fsencode(path))
     events = walk.run()
     jobs = _Jobs(_READ_AHEAD)

@@ -47,6 +47,7 @@ import blake3
 from clients.castore.model import B3Digest
 from clients.castore.streams import CHUNK_SIZE, BlobReader, rechunk
 from clients.errors import StorageError
+from clients.store.sink import BlobSink
 from tvixd.castore.urls import local_path
 
 STALE_TEMP_SECONDS = 24 * 3600
@@ -55,7 +56,7 @@ PUT_CALLS, PUT_GROUP = 8, 16
 #: Grouped ``stat``/``has``: the same.
 STAT_CALLS, STAT_GROUP = 1, 64
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 _QUEUED, _PROMOTED, _TAKEN, _DONE = range(4)  # _Request.state
@@ -152,7 +153,7 @@ class _Grouped(Generic[_In, _Out]):
             self._free += 1
 
 
-class _Temp:
+class Temp:
     """An open temp file: anonymous (``path`` None: named by linking its fd) or named."""
 
     __slots__ = ("fd", "path")
@@ -172,13 +173,14 @@ class _Temp:
             self.path = None
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def _present(name: str, dir_fd: int) -> bool:
+def present(name: str, dir_fd: int | None = None) -> bool:
+    """Whether ``name`` (relative to ``dir_fd`` when given) exists."""
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -226,11 +228,11 @@ class ObjectStoreBlobService:
         if not hasattr(os, "O_TMPFILE"):
             return False
         probe = f"put-probe-{os.getpid()}"
-        dir_fd = os.open(self._tmp, _DIR_FLAGS)
+        dir_fd = os.open(self._tmp, DIR_FLAGS)
         try:
             fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o444, dir_fd=dir_fd)
             try:
-                _link(fd, probe, dir_fd)
+                link_fd(fd, probe, dir_fd)
             finally:
                 os.close(fd)
             os.unlink(probe, dir_fd=dir_fd)
@@ -239,6 +241,26 @@ class ObjectStoreBlobService:
         finally:
             os.close(dir_fd)
         return True
+
+    @property
+    def root(self) -> Path:
+        """The store's directory."""
+        return self._root
+
+    @property
+    def tmp(self) -> Path:
+        """Where temp files are made (``<root>/tmp``)."""
+        return self._tmp
+
+    def open_sink(self, durability: str = "syncfs") -> BlobSink:
+        """A thread-side bulk writer (``clients.store.sink``); call on a worker thread.
+
+        Blobs it accepts are durable and named once its ``flush`` returns;
+        see :mod:`tvixd.castore.blobs.sink`.
+        """
+        from tvixd.castore.blobs.sink import ObjectStoreSink  # the sink builds on this module
+
+        return ObjectStoreSink(self, durability)
 
     def __repr__(self) -> str:
         return f"ObjectStoreBlobService({str(self._root)!r})"
@@ -320,29 +342,29 @@ class ObjectStoreBlobService:
 
     # -- worker-thread helpers (every path below is relative to a directory fd)
 
-    def _fan_out(self, name: str) -> int:
+    def fan_out(self, name: str) -> int:
         """An fd of the fan-out directory for blob ``name``, created (durably) if new."""
         path = f"{self._root}/{name[:2]}"
         try:
-            return os.open(path, _DIR_FLAGS)
+            return os.open(path, DIR_FLAGS)
         except FileNotFoundError:
             pass
         with contextlib.suppress(FileExistsError):
             os.mkdir(path)
-            root = os.open(self._root, _DIR_FLAGS)
+            root = os.open(self._root, DIR_FLAGS)
             try:
                 os.fsync(root)
             finally:
                 os.close(root)
-        return os.open(path, _DIR_FLAGS)
+        return os.open(path, DIR_FLAGS)
 
-    def _temp(self, dir_fd: int) -> _Temp:
+    def temp(self, dir_fd: int) -> Temp:
         """An empty temp file: anonymous in ``dir_fd``'s directory, or named in ``tmp``."""
         if self._anonymous:
             flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
-            return _Temp(os.open(".", flags, 0o444, dir_fd=dir_fd), None)
+            return Temp(os.open(".", flags, 0o444, dir_fd=dir_fd), None)
         fd, path = tempfile.mkstemp(prefix="put-", dir=self._tmp)
-        temp = _Temp(fd, path)
+        temp = Temp(fd, path)
         try:
             os.fchmod(fd, 0o444)
         except OSError:
@@ -351,11 +373,11 @@ class ObjectStoreBlobService:
         return temp
 
     @staticmethod
-    def _name(temp: _Temp, name: str, dir_fd: int) -> None:
+    def give_name(temp: Temp, name: str, dir_fd: int) -> None:
         """Give the synced ``temp`` its final name (already present: fine, same bytes)."""
         if temp.path is None:
             with contextlib.suppress(FileExistsError):
-                _link(temp.fd, name, dir_fd)
+                link_fd(temp.fd, name, dir_fd)
         else:
             os.replace(temp.path, name, dst_dir_fd=dir_fd)
             temp.path = None
@@ -370,7 +392,7 @@ class ObjectStoreBlobService:
         digests = [B3Digest(blake3.blake3(blob).digest()) for blob in blobs]
         outcomes: list[B3Digest | Exception] = list(digests)
         dirs: dict[str, int] = {}  # fan-out directory fds, by name
-        temps: list[tuple[int, _Temp, str]] = []  # (index, temp file, fan-out name)
+        temps: list[tuple[int, Temp, str]] = []  # (index, temp file, fan-out name)
 
         def fail(i: int, what: str, exc: OSError) -> None:
             outcomes[i] = StorageError(f"cannot store blob {self.path(digests[i])}: {what}: {exc}")
@@ -380,12 +402,12 @@ class ObjectStoreBlobService:
                 name = digest.hex()
                 try:
                     if name[:2] not in dirs:
-                        dirs[name[:2]] = self._fan_out(name)
-                    if _present(name, dirs[name[:2]]):
+                        dirs[name[:2]] = self.fan_out(name)
+                    if present(name, dirs[name[:2]]):
                         continue
-                    temp = self._temp(dirs[name[:2]])
+                    temp = self.temp(dirs[name[:2]])
                     temps.append((i, temp, name[:2]))
-                    _write_all(temp.fd, data)
+                    write_all(temp.fd, data)
                 except OSError as exc:
                     fail(i, "write", exc)
             for i, temp, _ in temps:
@@ -398,7 +420,7 @@ class ObjectStoreBlobService:
             for i, temp, fan_out in temps:
                 if not isinstance(outcomes[i], Exception):
                     try:
-                        self._name(temp, digests[i].hex(), dirs[fan_out])
+                        self.give_name(temp, digests[i].hex(), dirs[fan_out])
                         linked.add(fan_out)
                     except OSError as exc:
                         fail(i, "link", exc)
@@ -429,7 +451,7 @@ class ObjectStoreBlobService:
         hasher = blake3.blake3()
 
         def write(data: bytes) -> None:
-            _write_all(temp.fd, data)
+            write_all(temp.fd, data)
             hasher.update(data)
 
         try:
@@ -446,20 +468,20 @@ class ObjectStoreBlobService:
             with anyio.CancelScope(shield=True), anyio.move_on_after(30):
                 await anyio.to_thread.run_sync(temp.close)
 
-    def _temp_in_tmp(self) -> _Temp:
-        dir_fd = os.open(self._tmp, _DIR_FLAGS)
+    def _temp_in_tmp(self) -> Temp:
+        dir_fd = os.open(self._tmp, DIR_FLAGS)
         try:
-            return self._temp(dir_fd)
+            return self.temp(dir_fd)
         finally:
             os.close(dir_fd)
 
-    def _commit(self, temp: _Temp, name: str) -> None:
-        dir_fd = self._fan_out(name)
+    def _commit(self, temp: Temp, name: str) -> None:
+        dir_fd = self.fan_out(name)
         try:
-            if _present(name, dir_fd):
+            if present(name, dir_fd):
                 return  # the temp file is dropped, never synced
             os.fsync(temp.fd)
-            self._name(temp, name, dir_fd)
+            self.give_name(temp, name, dir_fd)
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
@@ -468,7 +490,7 @@ class ObjectStoreBlobService:
         """Nothing held open between calls."""
 
 
-def _link(fd: int, name: str, dir_fd: int) -> None:
+def link_fd(fd: int, name: str, dir_fd: int) -> None:
     """Name the anonymous file ``fd`` (``linkat`` through /proc: no privilege needed)."""
     # a dst_dir_fd makes CPython call linkat(), with AT_SYMLINK_FOLLOW for follow_symlinks
     os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)

@@ -1,0 +1,372 @@
+"""The objectstore's bulk writer (:class:`ObjectStoreSink`, a ``clients.store.sink.BlobSink``).
+
+Used by the ingest from one worker thread (the caller): ``put`` hashes a
+small blob, skips it when present, and hands new ones in batches of
+:data:`CREATE_BATCH` to a *creator* thread, which writes each to its own
+anonymous temp file (``O_TMPFILE`` in ``<dir>/tmp``; a named ``put-*`` file
+there where that is unsupported) — file creation is the file system's most
+expensive step here and runs beside the caller's hashing.  What differs from
+``put`` is *when* blobs become durable.  Written temp files collect in a
+group (at most :data:`GROUP_FILES` files or :data:`GROUP_BYTES` bytes); a
+full group goes to a committer thread, which
+
+1. makes the data of every file in the group durable — one ``syncfs(2)`` on
+   the store's file system for a group of at least :data:`SYNCFS_MIN_FILES`
+   files; one ``fsync`` per file for smaller groups, or everywhere when
+   ``syncfs`` is unavailable or ``durability="fsync"`` was asked for;
+2. only then gives each file its digest's name (``linkat`` / ``rename``),
+3. and leaves the names to be made durable by the next ``syncfs`` (after
+   per-file fsyncs: each touched fan-out directory is fsynced once).
+
+:meth:`ObjectStoreSink.flush` waits for every group and ends with a last
+``syncfs`` when names are pending — only then may anything refer to the
+blobs.  So a name never refers to contents that are not durable, and a
+crash or ``SIGKILL`` leaves at most unnamed temp files (named ones are swept
+after a day).  The trade-off: ``syncfs`` also flushes whatever other dirty
+data the file system holds; on a busy shared file system a group commit can
+take longer than the group's own fsyncs would, on a quiet one it is far
+cheaper (one device cache flush for a whole group).  Small ingests (a build
+output of a few files) therefore stay with per-file fsyncs.
+
+Large blobs are hashed while they are written, with ``O_DIRECT`` when the
+chunks allow it (page-aligned, 4 KiB multiples): no copy through the page
+cache, which costs more CPU than hashing on a 2-core machine.  The write
+runs on a helper thread while the chunk is hashed.  A large blob found
+present at the end is dropped, never synced.  At most
+:data:`GROUPS_IN_FLIGHT` groups are committing at a time (open temp files
+are bounded by that and the open-file limit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import resource
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import blake3
+
+from clients.castore.model import B3Digest
+from clients.errors import StorageError
+from clients.store.sink import Buffer, LargeBlobWriter
+from tvixd.castore.blobs.objectstore import (
+    DIR_FLAGS,
+    ObjectStoreBlobService,
+    Temp,
+    present,
+    write_all,
+)
+
+#: Files per durability group at most (lowered to fit the open-file limit), and bytes.
+GROUP_FILES, GROUP_BYTES = 1024, 256 << 20
+#: Groups being committed while the next one fills.
+GROUPS_IN_FLIGHT = 2
+#: Smaller groups are made durable file by file (``fsync``), not with a ``syncfs``:
+#: a build output of a few files should not wait for the whole file system's dirty data.
+SYNCFS_MIN_FILES = 64
+#: Small blobs per creator-thread call (count, bytes), and such calls queued at most.
+CREATE_BATCH, CREATE_BATCH_BYTES, CREATES_QUEUED = 64, 1 << 20, 4
+_ALIGN = 4096
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def load_syncfs() -> Callable[[int], None] | None:
+    """``syncfs(fd)`` through libc (``os`` has no wrapper), or None where unavailable."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if fn(fd) != 0:  # ctypes releases the GIL for the call
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs: {os.strerror(code)}")
+
+    return syncfs
+
+
+def _aligned(data: Buffer) -> bool:
+    if not isinstance(data, memoryview) or data.readonly or len(data) % _ALIGN or not data:
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(data)) % _ALIGN == 0
+
+
+def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class _Pending:
+    __slots__ = ("name", "size", "temp")
+
+    def __init__(self, temp: Temp, name: str, size: int) -> None:
+        self.temp, self.name, self.size = temp, name, size
+
+
+class _Large:
+    """A streamed blob: hashed here while a helper thread writes the same chunk."""
+
+    def __init__(self, sink: ObjectStoreSink, temp: Temp) -> None:
+        self._sink, self._temp = sink, temp
+        self._hasher = blake3.blake3()
+        self._size = 0
+        self._direct = False
+        self._handed = False
+        if _O_DIRECT:
+            with contextlib.suppress(OSError):  # e.g. tmpfs: buffered writes then
+                flags = fcntl.fcntl(temp.fd, fcntl.F_GETFL)
+                fcntl.fcntl(temp.fd, fcntl.F_SETFL, flags | _O_DIRECT)
+                self._direct = True
+
+    def _buffered(self) -> None:
+        flags = fcntl.fcntl(self._temp.fd, fcntl.F_GETFL)
+        fcntl.fcntl(self._temp.fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+        self._direct = False
+
+    def _write(self, data: Buffer) -> None:
+        """Write ``data`` at the blob's end (helper thread); direct I/O when it can."""
+        if self._direct and not _aligned(data):
+            self._buffered()
+        try:
+            _pwrite_all(self._temp.fd, data, self._size)
+        except OSError as exc:
+            if not (self._direct and exc.errno == errno.EINVAL):
+                raise
+            self._buffered()  # the device wants another alignment: rewrite it buffered
+            _pwrite_all(self._temp.fd, data, self._size)
+
+    def write(self, data: Buffer) -> None:
+        if self._temp.fd < 0 or self._handed:
+            raise StorageError("write to a finished or discarded blob")
+        writing = self._sink.writer.submit(self._write, data)
+        try:
+            self._hasher.update(data)
+        finally:
+            try:
+                writing.result()
+            except OSError as exc:
+                self.discard()
+                raise StorageError(f"cannot write a blob into {self._sink.tmp}: {exc}") from exc
+        self._size += len(data)
+
+    def finish(self) -> B3Digest:
+        digest = B3Digest(self._hasher.digest())
+        if self._sink.has(digest):
+            self.discard()
+            return digest
+        sink = self._sink
+        sink.accept(digest, self._size)
+        try:
+            sink.to_creator(sink.add, self._temp, digest.hex(), self._size)
+        except BaseException:
+            self.discard()
+            raise
+        self._handed = True  # the temp file belongs to the sink's group now
+        return digest
+
+    def discard(self) -> None:
+        if not self._handed and (self._temp.fd >= 0 or self._temp.path is not None):
+            self._temp.close()
+
+
+class ObjectStoreSink:
+    """Bulk writer into an :class:`ObjectStoreBlobService` (see the module docs)."""
+
+    def __init__(self, store: ObjectStoreBlobService, durability: str = "syncfs") -> None:
+        """Open it on a worker thread (this does I/O); ``durability``: ``syncfs`` or ``fsync``."""
+        if durability not in ("syncfs", "fsync"):
+            raise ValueError(f"durability must be 'syncfs' or 'fsync', not {durability!r}")
+        self._store = store
+        self.tmp = store.tmp
+        self._root = str(store.root)
+        self._syncfs = load_syncfs() if durability == "syncfs" else None
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
+        # temp files open at most: the group filling and those committing, plus 256 fan-outs
+        self._group_files = max(8, min(GROUP_FILES, (limit - 512) // (GROUPS_IN_FLIGHT + 2)))
+        self._known: set[bytes] = set()
+        self._group: list[_Pending] = []
+        self._group_bytes = 0
+        self._committing: deque[Future[None]] = deque()
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="blob-commit")
+        self._creator = ThreadPoolExecutor(1, thread_name_prefix="blob-create")
+        self._creating: deque[Future[None]] = deque()
+        self._batch: list[tuple[bytes, str]] = []  # small blobs not yet handed to the creator
+        self._batch_bytes = 0
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="blob-write")
+        self._root_fd = os.open(store.root, DIR_FLAGS)
+        self._tmp_fd = -1
+        try:
+            self._tmp_fd = os.open(self.tmp, DIR_FLAGS)
+        except OSError:
+            os.close(self._root_fd)
+            raise
+        self._blobs = self._bytes = 0
+        self._names_pending = False  # names given after the last syncfs (committer thread)
+
+    @property
+    def blobs_written(self) -> int:
+        return self._blobs
+
+    @property
+    def bytes_written(self) -> int:
+        return self._bytes
+
+    def has(self, digest: bytes) -> bool:
+        if digest in self._known:
+            return True
+        return self._present(B3Digest(digest).hex(), digest)
+
+    def _present(self, name: str, digest: bytes) -> bool:
+        try:
+            found = present(f"{self._root}/{name[:2]}/{name}")
+        except OSError as exc:
+            raise StorageError(f"cannot stat blob {name} in {self._root}: {exc}") from exc
+        if found:
+            self._known.add(digest)
+        return found
+
+    def _temp(self) -> Temp:
+        try:
+            return self._store.temp(self._tmp_fd)
+        except OSError as exc:
+            raise StorageError(f"cannot create a temp file in {self.tmp}: {exc}") from exc
+
+    def put(self, data: Buffer) -> B3Digest:
+        digest = blake3.blake3(data).digest()
+        if digest in self._known:
+            return B3Digest(digest)
+        name = digest.hex()
+        if self._present(name, digest):
+            return B3Digest(digest)
+        self.accept(digest, len(data))
+        self._batch.append((data if isinstance(data, bytes) else bytes(data), name))
+        self._batch_bytes += len(data)
+        if len(self._batch) >= CREATE_BATCH or self._batch_bytes >= CREATE_BATCH_BYTES:
+            self._hand_over()
+        return B3Digest(digest)
+
+    def begin(self) -> LargeBlobWriter:
+        return _Large(self, self._temp())
+
+    def accept(self, digest: bytes, size: int) -> None:
+        """A new blob: known (``has``) and counted from now on."""
+        self._known.add(digest)
+        self._blobs += 1
+        self._bytes += size
+
+    def _hand_over(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        self.to_creator(self._create, batch)
+
+    def to_creator(self, fn: Callable[..., None], *args: object) -> None:
+        """Run ``fn`` on the creator thread, in order; raises a failure of an earlier call."""
+        while len(self._creating) >= CREATES_QUEUED:
+            self._creating.popleft().result()
+        self._creating.append(self._creator.submit(fn, *args))
+
+    def _create(self, batch: list[tuple[bytes, str]]) -> None:
+        """Creator thread: a temp file per blob, written, queued for its group."""
+        for data, name in batch:
+            temp = self._temp()
+            try:
+                write_all(temp.fd, data)
+            except OSError as exc:
+                temp.close()
+                raise StorageError(f"cannot write blob {name} into {self.tmp}: {exc}") from exc
+            self.add(temp, name, len(data))
+
+    def add(self, temp: Temp, name: str, size: int) -> None:
+        """Creator thread: queue a written temp file for naming (committed when the group is full)."""
+        self._group.append(_Pending(temp, name, size))
+        self._group_bytes += size
+        if len(self._group) >= self._group_files or self._group_bytes >= GROUP_BYTES:
+            self._submit()
+
+    def _submit_rest(self) -> None:
+        if self._group:
+            self._submit()
+
+    def _submit(self) -> None:
+        group, self._group, self._group_bytes = self._group, [], 0
+        while len(self._committing) >= GROUPS_IN_FLIGHT:
+            self._committing.popleft().result()
+        self._committing.append(self._committer.submit(self._commit, group))
+
+    def flush(self) -> None:
+        if self._batch:
+            self._hand_over()
+        self.to_creator(self._submit_rest)
+        while self._creating:
+            self._creating.popleft().result()
+        while self._committing:
+            self._committing.popleft().result()
+        if self._names_pending and self._syncfs is not None:
+            self._names_pending = False
+            try:
+                self._syncfs(self._root_fd)  # the names given by the last group
+            except OSError as exc:
+                raise StorageError(f"cannot sync the blob store {self._store.root}: {exc}") from exc
+
+    def _commit(self, group: list[_Pending]) -> None:
+        """Committer thread: data durable, then names; raises StorageError (nothing named then)."""
+        by_syncfs = self._syncfs is not None and len(group) >= SYNCFS_MIN_FILES
+        fan_outs: dict[str, int] = {}  # fan-out directory fds, by name
+        try:
+            try:
+                if by_syncfs:
+                    assert self._syncfs is not None
+                    self._syncfs(self._tmp_fd)
+                else:
+                    for pending in group:
+                        os.fsync(pending.temp.fd)
+                for pending in group:
+                    dir_fd = fan_outs.get(pending.name[:2])
+                    if dir_fd is None:
+                        dir_fd = fan_outs[pending.name[:2]] = self._store.fan_out(pending.name)
+                    self._store.give_name(pending.temp, pending.name, dir_fd)
+                if by_syncfs:
+                    self._names_pending = True  # made durable by the next syncfs
+                else:
+                    for dir_fd in fan_outs.values():
+                        os.fsync(dir_fd)
+            except OSError as exc:
+                raise StorageError(f"cannot store blobs in {self._store.root}: {exc}") from exc
+        finally:
+            for pending in group:
+                pending.temp.close()
+            for dir_fd in fan_outs.values():  # not kept: a low open-file limit is shared
+                os.close(dir_fd)
+
+    def close(self) -> None:
+        """Wait for the committing groups; drop the unsubmitted one; release everything."""
+        if self._root_fd < 0:
+            return
+        self._creator.shutdown(cancel_futures=True)  # waits for the call running, if any
+        self._creating.clear()
+        self._batch = []
+        for pending in self._group:
+            pending.temp.close()
+        self._group = []
+        self.writer.shutdown()
+        self._committer.shutdown()  # waits: a group being committed is finished, whole
+        self._committing.clear()
+        for fd in (self._root_fd, self._tmp_fd):
+            os.close(fd)
+        self._root_fd = self._tmp_fd = -1
+
+
+def open_sink(store: ObjectStoreBlobService, durability: str = "syncfs") -> ObjectStoreSink:
+    """An :class:`ObjectStoreSink` for ``store`` (call on a worker thread)."""
+    return ObjectStoreSink(store, durability)
+
+
+__all__ = ["GROUPS_IN_FLIGHT", "GROUP_BYTES", "GROUP_FILES", "ObjectStoreSink", "open_sink"]
