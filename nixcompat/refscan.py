@@ -47,17 +47,23 @@ class RefScanner:
 
     def __init__(self, needles: Sequence[bytes | str]) -> None:
         encoded = [n.encode() if isinstance(n, str) else bytes(n) for n in needles]
-        for i, needle in enumerate(encoded):
-            if not needle:
-                raise ValueError(f"needle {i} is empty")
+        lengths = set(map(len, encoded))
+        if 0 in lengths:
+            raise ValueError(f"needle {[len(n) for n in encoded].index(0)} is empty")
         self._indexes: dict[bytes, list[int]] = {}
-        for i, needle in enumerate(encoded):
-            self._indexes.setdefault(needle, []).append(i)
+        if len(set(encoded)) == len(encoded):  # the usual case: all distinct
+            self._indexes = {needle: [i] for i, needle in enumerate(encoded)}
+        else:
+            for i, needle in enumerate(encoded):
+                self._indexes.setdefault(needle, []).append(i)
         self._pending: set[bytes] = set(self._indexes)
-        self._lengths = sorted({len(n) for n in self._pending})
+        self._lengths = sorted(lengths)
         self._keep = max(self._lengths, default=1) - 1
-        self._fast = bool(encoded) and all(
-            len(n) >= MIN_FAST_LEN and not n.translate(None, NIXBASE32_ALPHABET) for n in encoded
+        # every needle long enough and of nixbase32 characters only: one translate for all
+        self._fast = (
+            bool(encoded)
+            and self._lengths[0] >= MIN_FAST_LEN
+            and not (b"".join(encoded).translate(None, NIXBASE32_ALPHABET))
         )
         self._tail = b""
         self.found: set[int] = set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from clients.store.model import with_name
 from nixcompat.derivation import Derivation, Output, calculate_output_paths
 from nixcompat.hash import HashAlgo, NixHash
 from nixcompat.storepath import StorePath, make_fixed_output_path
+from tvixd.build.oci.storedirs import StoreDir
 from tvixd.build.references import output_references
 from tvixd.build.translate import derivation_to_build_request
 
@@ -146,3 +147,27 @@ def sh_derivation(
     )
     hashes = dict(output_hashes or {})
     return calculate_output_paths(drv, hashes.__getitem__)
+
+
+def leftovers(builds: Path, idle: Sequence[StoreDir]) -> list[str]:
+    """What a finished build left in ``builds`` (blocking): every path but the idle store
+    directories and the shared root file systems, every name in those store directories that
+    the builder did not create (an output, ...), and every file in a shared root but the /etc
+    files and empty mountpoints."""
+    stores = {os.fsdecode(s.path): s for s in idle}
+    left = []
+    for path in sorted(builds.iterdir()):
+        if path.name.startswith("root-"):
+            for dirpath, _, files in os.walk(path):
+                for name in files:
+                    file = Path(dirpath) / name
+                    if file.parent != path / "etc" and file.lstat().st_size:
+                        left.append(str(file))
+            continue
+        store = stores.get(str(path))
+        if store is None:
+            left.append(str(path))
+            continue
+        names = os.listdir(os.fsencode(path))
+        left += [str(path / os.fsdecode(n)) for n in names if n not in store.entries]
+    return left

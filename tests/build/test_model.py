@@ -57,6 +57,9 @@ def test_a_valid_request_round_trips_through_the_wire() -> None:
     assert wire.request_from_proto(build_pb.BuildRequest().parse(encoded)) == original
 
 
+_FILE_A = FileNode(b"a", bytes(32), 1)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -82,6 +85,13 @@ def test_a_valid_request_round_trips_through_the_wire() -> None:
         ({"inputs": (SymlinkNode(b"..", b"t"),)}, "not a valid entry name"),
         ({"inputs": (DirectoryNode(b"a", b"short", 1),)}, "digest of 5 bytes"),
         ({"inputs": (SymlinkNode(b"a", b""),)}, "empty target"),
+        # after valid file and directory inputs (the whole-list checks, then the precise one)
+        ({"inputs": (_FILE_A, FileNode(b"b\0", bytes(32), 1))}, "inputs[1]: name b'b"),
+        ({"inputs": (_FILE_A, DirectoryNode(b".", bytes(32), 1))}, "inputs[1]: name b'.'"),
+        ({"inputs": (_FILE_A, DirectoryNode(b"b", bytes(31), 1))}, "inputs[1]: directory node b'b' has a digest of 31"),
+        ({"inputs": (_FILE_A, SymlinkNode(b"b", b""))}, "inputs[1]: symlink b'b' has an empty target"),
+        ({"inputs": (_FILE_A, _FILE_A)}, "duplicate b'a' at position 1"),
+        ({"inputs": (FileNode(b"b", bytes(32), 1), _FILE_A)}, "must be sorted: b'a' at position 1 comes after b'b'"),
         ({"refscan_needles": ("",)}, "refscan_needles[0] is empty"),
     ],
 )  # fmt: skip

@@ -17,7 +17,7 @@ from clients.errors import InvalidRequest
 from nixcompat.hash import HashAlgo, NixHash
 from nixcompat.nar import nar_hash_path
 from nixcompat.storepath import StorePath
-from tests.build.helpers import Store, sh_derivation
+from tests.build.helpers import Store, leftovers, sh_derivation
 from tvixd.build.oci.service import OciBuildService, OciConfig
 from tvixd.build.translate import derivation_to_build_request
 
@@ -25,9 +25,10 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.runc]
 
 
 async def assert_clean(builder: OciBuildService, state: Path) -> None:
-    """No container is left in runc's state, no bundle on disk."""
+    """No container is left in runc's state, no bundle on disk, nothing the build wrote."""
     assert await builder._runc.list_ids() == []
-    assert await anyio.to_thread.run_sync(lambda: list((state / "builds").iterdir())) == []
+    idle = builder.store_dirs.idle
+    assert await anyio.to_thread.run_sync(leftovers, state / "builds", idle) == []
 
 
 async def test_non_zero_exit(

@@ -12,6 +12,7 @@ import anyio
 import pytest
 import pytest_asyncio
 
+from clients.build.model import Build
 from clients.castore.model import FileNode, SymlinkNode
 from clients.castore.streams import put_bytes
 from clients.store.model import with_name
@@ -166,6 +167,46 @@ async def test_inputs_cannot_be_changed_and_only_the_closure_is_visible(
     ]  # fmt: skip
     after = await anyio.to_thread.run_sync(_snapshot, cache)
     assert {k: after[k] for k in before} == before
+
+
+@pytest.mark.asyncio
+async def test_a_recycled_store_directory_shows_only_the_next_closure_unchanged(
+    any_builder: OciBuildService, store: Store, busybox: StorePath, tmp_path: Path
+) -> None:
+    bb, note, tree, link = await _inputs(store, busybox, tmp_path)
+    # a build without them plants names of the next build's inputs, and junk hard to remove
+    plant = (
+        f"echo evil > {note.absolute}; mkdir -p {tree.absolute}/sub;"
+        f" echo evil > {tree.absolute}/sub/data; ln -s /etc {link.absolute};"
+        f" mkdir -p /nix/store/{'7' * 32}-junk/a/b; chmod 0 /nix/store/{'7' * 32}-junk/a/b"
+        f" /nix/store/{'7' * 32}-junk/a; echo done > $out"
+    )
+    await store.build(any_builder, _with_sources(sh_derivation("plant", plant, bb), (bb,)))
+    reads = (
+        f"mkdir $out; cat {note.absolute} > $out/note; cat {tree.absolute}/sub/data > $out/data;"
+        f" readlink {link.absolute} > $out/link; ls -a /nix/store | sort > $out/store;"
+        f" stat -c '%a %u %Y' {note.absolute} {tree.absolute}/sub/data > $out/stat"
+    )
+    drv = _with_sources(sh_derivation("reads", reads, bb), (bb, note, tree, link))
+    build = await store.build(any_builder, drv)
+
+    async def read(build: Build, name: bytes) -> bytes:
+        return await read_output_file(store, build, name)
+
+    assert await read(build, b"note") == b"a text file\n"
+    assert await read(build, b"data") == b"data\n"
+    assert await read(build, b"link") == f"{tree.absolute}/sub\n".encode()
+    assert (await read(build, b"stat")).decode().split("\n")[:2] == ["444 0 1", "444 0 1"]
+    out = drv.outputs["out"].path.rsplit("/", 1)[1]
+    expected = {".", "..", out} | {p.basename for p in (bb, note, tree, link)}
+    assert set((await read(build, b"store")).decode().split()) == expected
+    # and the next build, with a smaller closure, no longer sees them
+    drv = _with_sources(sh_derivation("lists", "mkdir $out; ls -a /nix/store > $out/ls", bb), (bb,))
+    build = await store.build(any_builder, drv)
+    listing = (await read(build, b"ls")).decode().split()
+    assert set(listing) == {".", "..", drv.outputs["out"].path.rsplit("/", 1)[1], bb.basename}
+    (recycled,) = any_builder.store_dirs.idle  # all three builds used one directory
+    assert sorted(recycled.entries) == [bb.basename.encode()]
 
 
 @pytest.mark.asyncio

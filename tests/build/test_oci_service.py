@@ -12,6 +12,7 @@ from clients.build.model import BuildConstraints
 from clients.errors import InvalidRequest
 from nixcompat.storepath import StorePath
 from tests.build.helpers import Store, read_output_file, sh_derivation
+from tests.conftest import require_tool
 from tvixd.build.oci.bundle import SandboxConfig
 from tvixd.build.oci.runner import MAX_LINE
 from tvixd.build.oci.service import OciBuildService, OciConfig
@@ -157,3 +158,34 @@ async def test_line_splitting_does_not_depend_on_chunking(chunk_size: int) -> No
     expected = [b"a", b"", long[:MAX_LINE], long[MAX_LINE : 2 * MAX_LINE], long[2 * MAX_LINE :]]
     assert got == [*expected, b"c", b"c", b"ctail"]
     assert tuple(got[-10:]) == tuple(lines.tail)
+
+
+async def test_builds_sharing_a_root_file_system_see_only_their_own_mountpoints(
+    store: Store, busybox: StorePath, tmp_path: Path
+) -> None:
+    host = "/usr/share/zoneinfo"  # not under /tmp: a tmpfs in the container would hide it
+    require_tool("runc")
+    builder = await OciBuildService.open(
+        tmp_path / "state", store.blobs, store.directories, OciConfig(allowed_ro_paths=(host,))
+    )
+    try:
+        listing = "mkdir $out; ls -a / > $out/root"
+        plain = derivation_to_build_request(
+            sh_derivation("plain", listing, busybox), store.closure({busybox})
+        )
+        c = plain.constraints
+        with_ro = replace(
+            derivation_to_build_request(
+                sh_derivation("with-ro", listing, busybox), store.closure({busybox})
+            ),
+            constraints=BuildConstraints(c.system, available_ro_paths=(host,), provide_bin_sh=True),
+        )
+        roots = [await read_output_file(store, await builder.build(r), b"root") for r in
+                 (plain, with_ro, plain)]  # fmt: skip
+    finally:
+        await builder.close()
+    assert roots[0] == roots[2]
+    assert b"usr" not in roots[0].split()
+    assert set(roots[1].split()) == set(roots[0].split()) | {b"usr"}
+    shared = [p.name for p in (tmp_path / "state" / "builds").iterdir() if p.name[:5] == "root-"]
+    assert len(shared) == 2

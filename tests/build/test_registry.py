@@ -28,7 +28,7 @@ async def open_url(url: str) -> BuildService:
 async def test_oci_url_with_parameters(tmp_path: Path) -> None:
     url = (
         f"oci://{tmp_path}/state?max_builds=3&timeout=2.5&uid=2000&gid=200&ro_paths=/etc,/usr"
-        "&systems=x86_64-linux&sandbox_shell=&nofile=4096&pids_limit=100"
+        "&systems=x86_64-linux&sandbox_shell=&nofile=4096&pids_limit=100&link_limit=250"
     )
     service = await open_url(url)
     try:
@@ -39,6 +39,7 @@ async def test_oci_url_with_parameters(tmp_path: Path) -> None:
         assert (service.sandbox.uid, service.sandbox.gid) == (2000, 200)
         assert service.sandbox.sandbox_shell is None
         assert (service.sandbox.nofile, service.sandbox.pids_limit) == (4096, 100)
+        assert service.config.link_limit == 250
         with pytest.raises(Exception, match="in use by another builder"):
             await open_url(f"oci://{tmp_path}/state")
     finally:
@@ -47,7 +48,12 @@ async def test_oci_url_with_parameters(tmp_path: Path) -> None:
     assert isinstance(default, OciBuildService)
     assert default.timeout is None
     assert default.max_builds >= 1
+    assert default.config.link_limit is None
     await default.close()
+    mounted = await open_url(f"oci://{tmp_path}/state?link_limit=0")
+    assert isinstance(mounted, OciBuildService)
+    assert mounted.config.link_limit == 0
+    await mounted.close()
 
 
 @pytest.mark.parametrize(
@@ -88,6 +94,8 @@ async def test_dummy_url_parameters() -> None:
         ("oci:///tmp/x?uid=-5", "must not be negative"),
         ("oci:///tmp/x?ro_paths=relative", "bad value 'relative' for 'ro_paths'"),
         ("oci:///tmp/x?sandbox_shell=bin/sh", "sandbox_shell must be an absolute path"),
+        ("oci:///tmp/x?link_limit=-1", "bad value '-1' for 'link_limit'"),
+        ("oci:///tmp/x?link_limit=many", "bad value 'many' for 'link_limit'"),
         ("oci:///tmp/x?colour=blue", "unknown parameters ['colour']"),
         ("oci:///tmp/x?timeout=1&timeout=2", "given twice"),
         ("dummy://host", "takes no host"),

@@ -23,7 +23,7 @@ from clients.castore.model import FileNode
 from clients.errors import InvalidRequest
 from nixcompat.storepath import StorePath
 from proto.gen.tvix.build import v1 as build_pb
-from tests.build.helpers import Store, sh_derivation
+from tests.build.helpers import Store, leftovers, sh_derivation
 from tests.grpcserver import closing_connections
 from tests.interop import GrpcioProtos, in_thread
 from tvixd.build.dummy import FAIL_VARIABLE, DummyBuildService
@@ -209,7 +209,5 @@ async def test_oci_builds_over_grpc_and_closing_the_stream_cancels(
         assert time.monotonic() - started < 30
     assert isinstance(watched.outcome, anyio.get_cancelled_exc_class())
     assert await builder._runc.list_ids() == []
-    assert (
-        await anyio.to_thread.run_sync(lambda: list((tmp_path / "state" / "builds").iterdir()))
-        == []
-    )
+    builds, idle = tmp_path / "state" / "builds", builder.store_dirs.idle
+    assert await anyio.to_thread.run_sync(leftovers, builds, idle) == []

@@ -15,7 +15,9 @@ build user (1000 / 100), ``sandbox_shell`` (a static shell bound at
 ``/bin/sh``, default ``/bin/busybox``; empty: none), ``runc`` (the binary),
 ``ro_paths`` (comma-separated host paths builds may request as
 ``available_ro_paths``), ``systems`` (comma-separated; default: this
-machine's), ``nofile`` and ``pids_limit``.  ``api=dobuild`` makes the gRPC
+machine's), ``nofile``, ``pids_limit`` and ``link_limit`` (inputs with more
+entries than that are bind-mounted instead of hard-linked; ``0``: every
+input is mounted; default: every input is linked).  ``api=dobuild`` makes the gRPC
 adapter use upstream's ``DoBuild`` (no log stream) instead of our streaming
 method.  Unknown parameters, a bad value or an unknown scheme raise
 ``InvalidRequest`` quoting the URL (the scheme is dispatched by
@@ -85,6 +87,11 @@ def _paths(text: str) -> tuple[str, ...]:
     return paths
 
 
+def _non_negative(text: str) -> int | None:
+    value = int(text)
+    return value if value >= 0 else None
+
+
 async def _oci(url: str, blobs: BlobService, directories: DirectoryService) -> BuildService:
     parts = urlsplit(url)
     if parts.netloc or not parts.path.startswith("/") or parts.path.rstrip("/") == "":
@@ -113,6 +120,7 @@ async def _oci(url: str, blobs: BlobService, directories: DirectoryService) -> B
         systems=q.take("systems", lambda s: tuple(x for x in s.split(",") if x) or None),
         sandbox=SandboxConfig(**sandbox),
         runc=q.take("runc", str) or "runc",
+        link_limit=q.take("link_limit", _non_negative),
     )
     q.done()
     return await OciBuildService.open(Path(unquote(parts.path)), blobs, directories, config)

@@ -23,13 +23,15 @@
   upstream's list — followed, unless ``upstream_needles``, by the hash parts
   of every other input path, so that references to the outputs of input
   derivations are found as Nix finds them.  :func:`refscan_candidates` gives
-  the store path behind each needle, to map ``Build.outputs_needles`` back.
+  the store path behind each needle, to map ``Build.outputs_needles`` back;
+  :func:`translate` gives the request and those paths in one pass.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from clients.build.model import (
     AdditionalFile,
@@ -48,9 +50,11 @@ from tvixd.build.structured import attrs_files
 __all__ = [
     "BUILD_DIR",
     "NIX_ENVIRONMENT_VARS",
+    "Translation",
     "derivation_to_build_request",
     "pass_as_file_path",
     "refscan_candidates",
+    "translate",
 ]
 
 BUILD_DIR = "/build"
@@ -82,6 +86,8 @@ def pass_as_file_path(name: str) -> str:
 
 
 def _store_path(value: StorePath | str) -> StorePath:
+    if type(value) is StorePath:  # the common case first: no parsing
+        return value
     if isinstance(value, StorePath):
         return value
     if value.startswith("/"):
@@ -96,13 +102,28 @@ def refscan_candidates(
     upstream_needles: bool = False,
 ) -> tuple[StorePath, ...]:
     """The store path behind each refscan needle, in needle order (see the module docstring)."""
+    by_name = {path.basename: path for path in map(_store_path, inputs)}
+    return _candidates(drv, by_name, upstream_needles)
+
+
+def _candidates(
+    drv: Derivation, inputs: Mapping[str, StorePath], upstream_needles: bool
+) -> tuple[StorePath, ...]:
+    """:func:`refscan_candidates` with the inputs by basename."""
     paths = [_store_path(out.path) for _, out in sorted(drv.outputs.items())]
     paths += [_store_path(p) for p in drv.input_sources]
     paths += [_store_path(p) for p in drv.input_derivations]
     if not upstream_needles:
-        listed = set(paths)
-        paths += sorted({p for p in map(_store_path, inputs) if p not in listed})
+        listed = {path.basename for path in paths}
+        # StorePath order is (hash part, name): the basename's order, as the hash part has a
+        # fixed length; sorting strings avoids ~n log n calls of StorePath.__lt__
+        paths += [inputs[name] for name in sorted(inputs.keys() - listed)]
     return tuple(paths)
+
+
+def _named(node: Node, name: bytes) -> Node:
+    """``node`` called ``name``: itself when it already is (a path info's root node always is)."""
+    return node if node.name == name else with_name(node, name)
 
 
 class _Rewriter:
@@ -163,6 +184,14 @@ def _environment(
     return env, files
 
 
+@dataclass(frozen=True)
+class Translation:
+    """A derivation's BuildRequest and the store path behind each of its refscan needles."""
+
+    request: BuildRequest
+    candidates: tuple[StorePath, ...]
+
+
 def derivation_to_build_request(
     drv: Derivation,
     inputs: Mapping[StorePath, Node] | Mapping[str, Node],
@@ -179,10 +208,34 @@ def derivation_to_build_request(
     for what cannot be expressed (a non-UTF-8 builder or argument, bad
     ``__json``, ``exportReferencesGraph``, a missing input source).
     """
+    return translate(
+        drv, inputs, build_cores=build_cores, upstream_needles=upstream_needles
+    ).request
+
+
+def translate(
+    drv: Derivation,
+    inputs: Mapping[StorePath, Node] | Mapping[str, Node],
+    *,
+    build_cores: int = 0,
+    upstream_needles: bool = False,
+) -> Translation:
+    """:func:`derivation_to_build_request` and :func:`refscan_candidates` at once.
+
+    The request's ``refscan_needles[i]`` is the hash part of ``candidates[i]``;
+    one pass over the inputs serves both (with a closure of hundreds of
+    paths, calling the two separately costs twice the work).
+    """
     drv.validate()
-    by_path: dict[StorePath, Node] = {_store_path(p): node for p, node in inputs.items()}
+    paths: dict[str, StorePath] = {}
+    nodes: dict[str, Node] = {}
+    for p, node in inputs.items():
+        path = _store_path(p)
+        name = path.basename  # a new string per call: once
+        paths[name] = path
+        nodes[name] = node
     for src in drv.input_sources:
-        if _store_path(src) not in by_path:
+        if _store_path(src).basename not in paths:
             raise InvalidRequest(f"input source {src} has no castore node among the inputs")
     rewrite = _Rewriter(drv)
     command_args = [_utf8(drv.builder.encode("utf-8", "surrogateescape"), "builder")]
@@ -190,8 +243,8 @@ def derivation_to_build_request(
         _utf8(rewrite(arg), f"argument {i}") for i, arg in enumerate(drv.arguments, start=1)
     ]
     env, files = _environment(drv, rewrite, build_cores)
-    candidates = refscan_candidates(drv, by_path, upstream_needles=upstream_needles)
-    return BuildRequest(
+    candidates = _candidates(drv, paths, upstream_needles)
+    request = BuildRequest(
         command_args=tuple(command_args),
         outputs=tuple(sorted(out.path[1:] for out in drv.outputs.values())),
         constraints=BuildConstraints(
@@ -199,10 +252,7 @@ def derivation_to_build_request(
             network_access=drv.is_fixed_output(),
             provide_bin_sh=True,
         ),
-        inputs=tuple(
-            with_name(node, path.basename.encode())
-            for path, node in sorted(by_path.items(), key=lambda kv: kv[0].basename)
-        ),
+        inputs=tuple(_named(nodes[name], name.encode()) for name in sorted(nodes)),
         working_dir=BUILD_DIR[1:],
         scratch_paths=(BUILD_DIR[1:], "nix/store"),
         inputs_dir="nix/store",
@@ -210,3 +260,4 @@ def derivation_to_build_request(
         additional_files=tuple(AdditionalFile(p, c) for p, c in sorted(files.items())),
         refscan_needles=tuple(p.hash_part for p in candidates),
     )
+    return Translation(request, candidates)

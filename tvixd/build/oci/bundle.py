@@ -4,10 +4,15 @@ Layout of a bundle directory (everything root-owned unless said otherwise)::
 
     config.json
     root/                    the container's root file system: empty, read-only;
-                             mountpoints, /etc/{passwd,group,hosts}
+                             mountpoints, /etc/{passwd,group,hosts} — or, when
+                             nothing of the request goes there (the usual
+                             case), ../root-<key>/, one shared by every alike
+                             request and kept (see :func:`~tvixd.build.oci.rootfs.shared_root_name`)
     scratch/<i>-<name>/      one writable directory per scratch path, owned by
-                             the build user (the inputs dir: root:<gid>, 1775,
-                             holding the input closure as a hardlink farm)
+                             the build user; the inputs dir (root:<gid>, 1775,
+                             holding the input closure as a hardlink farm) is
+                             a recycled store directory outside the bundle
+                             (:mod:`~tvixd.build.oci.storedirs`) when given
 
 The sandbox (:func:`make_spec`): new mount, pid, ipc, uts and cgroup
 namespaces, and a network namespace (only loopback) unless
@@ -42,9 +47,24 @@ from typing import Any
 from clients.build.model import BuildRequest
 from clients.castore.model import SymlinkNode
 from clients.errors import InvalidRequest
-from tvixd.build.oci.farm import Tree, link_tree
+from tvixd.build.oci.farm import Tree
+from tvixd.build.oci.rootfs import (
+    etc_files,
+    make_root,
+    make_shared_root,
+    mkdirs,
+    shared_root_name,
+)
+from tvixd.build.oci.storedirs import Entry, StoreDir, fill
 
-__all__ = ["Bundle", "SandboxConfig", "make_spec", "prepare_bundle", "scratch_dir_name"]
+__all__ = [
+    "Bundle",
+    "SandboxConfig",
+    "make_spec",
+    "prepare_bundle",
+    "scratch_dir_name",
+    "store_entries",
+]
 
 _MASKED = (
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -74,10 +94,12 @@ class Bundle:
 
     dir: Path
     scratch: Mapping[str, Path] = field(default_factory=dict)
+    shared_root: Path | None = None
 
     @property
     def root(self) -> Path:
-        return self.dir / "root"
+        """The root file system: ``root/`` in the bundle, or one shared by alike requests."""
+        return self.shared_root if self.shared_root is not None else self.dir / "root"
 
     def host_path(self, path: str) -> Path:
         """Where the container's relative ``path`` lives on the host (deepest scratch path wins)."""
@@ -179,7 +201,7 @@ def make_spec(
             ],
             "noNewPrivileges": True,
         },
-        "root": {"path": "root", "readonly": True},
+        "root": {"path": str(bundle.root), "readonly": True},
         "hostname": "localhost",
         "mounts": mounts,
         "linux": {
@@ -194,33 +216,25 @@ def make_spec(
     }
 
 
-def _etc_files(config: SandboxConfig, network: bool) -> dict[str, str]:
-    """What Nix's sandbox puts in /etc (passwd and group name the build user)."""
-    files = {
-        "passwd": (
-            "root:x:0:0:Nix build user:/build:/noshell\n"
-            f"nixbld:x:{config.uid}:{config.gid}:Nix build user:/build:/noshell\n"
-            "nobody:x:65534:65534:Nobody:/:/noshell\n"
-        ),
-        "group": f"root:x:0:\nnixbld:!:{config.gid}:\nnogroup:x:65534:\n",
-    }
-    if network:  # the host's hosts, resolv.conf and services are bind-mounted
-        files["nsswitch.conf"] = "hosts: files dns\nservices: files\n"
-    else:
-        files["hosts"] = "127.0.0.1 localhost\n::1 localhost\n"
-    return files
+def store_entries(
+    request: BuildRequest, inputs: Mapping[bytes, Tree], mount: Set[bytes] = frozenset()
+) -> dict[bytes, Entry]:
+    """What the inputs dir of ``request`` must hold (see :mod:`~tvixd.build.oci.storedirs`).
 
-
-def _mkdirs(path: Path, stop: Path, owner: tuple[int, int] | None = None) -> None:
-    """Create ``path`` and its missing parents below ``stop``: 0755, root's or ``owner``'s."""
-    missing = []
-    while path != stop and not path.exists():
-        missing.append(path)
-        path = path.parent
-    for p in reversed(missing):
-        p.mkdir(mode=0o755)
-        if owner is not None:
-            os.chown(p, *owner)
+    ``inputs`` maps each non-symlink input's name to its checked cache
+    entry; the names in ``mount`` get a mountpoint, the others are linked.
+    """
+    wanted: dict[bytes, Entry] = {}
+    for node in request.inputs:
+        if isinstance(node, SymlinkNode):
+            wanted[node.name] = ("symlink", node.target, 1)
+            continue
+        tree = inputs[node.name]
+        if node.name not in mount:
+            wanted[node.name] = ("link", tree.root, tree.size)
+        else:
+            wanted[node.name] = ("mount-dir" if tree.dirs else "mount-file", tree.root, 1)
+    return wanted
 
 
 def prepare_bundle(
@@ -230,66 +244,82 @@ def prepare_bundle(
     config: SandboxConfig,
     *,
     mount: Set[bytes] = frozenset(),
+    store: StoreDir | None = None,
+    entries: Mapping[bytes, Entry] | None = None,
 ) -> Bundle:
     """Create the bundle directory for ``request`` (blocking; ``bundle_dir`` must not exist).
 
     ``inputs`` maps each non-symlink input's name to its checked cache
     entry; the names in ``mount`` are bind-mounted, the others linked into
     the inputs dir (the cache must be on the bundle's file system); symlink
-    inputs are created directly.  Writes config.json last.
+    inputs are created directly.  ``store``, when the inputs dir is a
+    scratch path, is the (recycled) directory to use as the inputs dir: it
+    is filled (:func:`~tvixd.build.oci.storedirs.fill`) to hold exactly the
+    inputs; otherwise a fresh one is made inside the bundle.  ``entries``
+    is :func:`store_entries` of the same arguments, if the caller has it.
+    Writes config.json last.
     """
+    if entries is None:
+        entries = store_entries(request, inputs, mount)
     bundle_dir.mkdir(mode=0o700)
-    root = bundle_dir / "root"
-    root.mkdir(mode=0o755)
+    shared = shared_root_name(request, config)
+    if shared is None:
+        root = bundle_dir / "root"
+        make_root(root, request, config)
+    else:
+        root = bundle_dir.parent / shared
+        if not root.is_dir():
+            make_shared_root(root, request, config)
+    use_store = store is not None and request.inputs_dir in request.scratch_paths
     scratch = {
-        path: bundle_dir / "scratch" / scratch_dir_name(i, path)
+        path: (
+            Path(os.fsdecode(store.path))
+            if store is not None and use_store and path == request.inputs_dir
+            else bundle_dir / "scratch" / scratch_dir_name(i, path)
+        )
         for i, path in enumerate(request.scratch_paths)
     }
-    bundle = Bundle(bundle_dir, scratch)
+    bundle = Bundle(bundle_dir, scratch, root if shared is not None else None)
     (bundle_dir / "scratch").mkdir(mode=0o700)
     for path, host in scratch.items():
-        host.mkdir()
         if path == request.inputs_dir:  # like Nix's store dir: the build adds, cannot remove inputs
-            os.chown(host, 0, config.gid)
-            os.chmod(host, 0o1775)
-        else:
-            os.chown(host, config.uid, config.gid)
-            os.chmod(host, 0o700)
-        _mkdirs(root / path, root)
+            continue  # fill() creates it
+        host.mkdir()
+        os.chown(host, config.uid, config.gid)
+        os.chmod(host, 0o700)
     user = (config.uid, config.gid)
-    for f in request.additional_files:  # before any symlink exists in the bundle
+    if request.inputs_dir in scratch:
+        if store is None or not use_store:
+            store = StoreDir(bytes(scratch[request.inputs_dir]))
+        fill(store, entries, inputs, config.gid)
+    # the inputs (symlinks among them) exist now: an additional file must not escape through
+    # one (the service refuses paths inside an input; this checks where each one really lands)
+    inside = [str(bundle_dir) + "/"] + [str(h) + "/" for h in scratch.values()]
+    for f in request.additional_files:
         host = bundle.host_path(f.path)
-        _mkdirs(host.parent, root, user if bundle.in_scratch(f.path) else None)
-        if not os.path.realpath(host.parent).startswith(str(bundle_dir) + "/"):
+        mkdirs(host.parent, root, user if bundle.in_scratch(f.path) else None)
+        real = os.path.realpath(host.parent) + "/"
+        if not any(real.startswith(prefix) for prefix in inside):
             raise InvalidRequest(f"additional file {f.path!r} would be outside the bundle")
         fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with open(fd, "wb") as out:
             out.write(f.contents)
         os.chown(host, *user)
-    if request.working_dir:
-        owner = user if bundle.in_scratch(request.working_dir) else None
-        _mkdirs(bundle.host_path(request.working_dir), root, owner)
-    _mkdirs(root / "etc", root)
-    for name, text in _etc_files(config, request.constraints.network_access).items():
-        if not (root / "etc" / name).exists():  # an additional file may provide it
-            (root / "etc" / name).write_text(text)
-    inputs_host = bundle.host_path(request.inputs_dir) if request.inputs_dir else root
-    _mkdirs(inputs_host, root)
-    inputs_at = bytes(inputs_host)
-    mounted = {}
-    for node in request.inputs:
-        target = os.path.join(inputs_at, node.name)
-        if isinstance(node, SymlinkNode):
-            os.symlink(node.target, target)
-            os.utime(target, (1, 1), follow_symlinks=False)
-        elif node.name not in mount:
-            link_tree(inputs[node.name], target)
-        elif inputs[node.name].dirs:
-            os.mkdir(target, 0o555)  # a mountpoint
-            mounted[node.name] = Path(os.fsdecode(inputs[node.name].root))
-        else:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
-            mounted[node.name] = Path(os.fsdecode(inputs[node.name].root))
+    if request.working_dir and bundle.in_scratch(request.working_dir):
+        mkdirs(bundle.host_path(request.working_dir), root, user)
+    if shared is None:
+        for name, text in etc_files(config, request.constraints.network_access).items():
+            if not (root / "etc" / name).exists():  # an additional file may provide it
+                (root / "etc" / name).write_text(text)
+    if request.inputs_dir not in scratch:  # inputs inside the read-only root: made fresh
+        inputs_host = bundle.host_path(request.inputs_dir) if request.inputs_dir else root
+        mkdirs(inputs_host, root)
+        fill(StoreDir(bytes(inputs_host), exact=True), entries, inputs, config.gid)
+    mounted = {
+        node.name: Path(os.fsdecode(inputs[node.name].root))
+        for node in request.inputs
+        if node.name in mount and not isinstance(node, SymlinkNode)
+    }
     spec = make_spec(request, bundle, mounted, config)
     (bundle_dir / "config.json").write_text(json.dumps(spec, separators=(",", ":")))
     return bundle

@@ -26,6 +26,7 @@ The cost is one ``mkdir``/``link``/``symlink`` per entry of the closure
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class Tree:
     files: tuple[bytes, ...]
     symlinks: tuple[tuple[bytes, bytes], ...]
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         """Entries to create when linking this tree."""
         return len(self.dirs) + len(self.files) + len(self.symlinks)

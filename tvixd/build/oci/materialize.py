@@ -51,6 +51,15 @@ def content_key(node: DirectoryNode | FileNode) -> str:
     return hashlib.sha256(kind + node.digest).hexdigest()[:40]
 
 
+def _identity(node: DirectoryNode | FileNode) -> tuple[bool, bool, bytes]:
+    """What :func:`content_key` hashes, as a dictionary key."""
+    return (
+        isinstance(node, DirectoryNode),
+        isinstance(node, FileNode) and node.executable,
+        node.digest,
+    )
+
+
 def _make_read_only(root: Path) -> None:
     """Store-path permissions below ``root``: no writes, mtime 1 (children before parents)."""
 
@@ -94,6 +103,7 @@ class InputCache:
         self._blobs = blobs
         self._directories = directories
         self._ready: dict[str, Tree] = {}
+        self._by_node: dict[tuple[bool, bool, bytes], Tree] = {}  # _ready without the hashing
         self._inflight: dict[str, anyio.Event] = {}
 
     def __repr__(self) -> str:
@@ -120,7 +130,7 @@ class InputCache:
 
     def known(self, node: DirectoryNode | FileNode) -> Tree | None:
         """``node``'s checked cache entry if this process has it already (no I/O)."""
-        return self._ready.get(content_key(node))
+        return self._by_node.get(_identity(node))
 
     async def get(self, node: DirectoryNode | FileNode) -> Tree:
         """``node``'s content on disk (checked, see the module docstring), materializing it if needed.
@@ -141,6 +151,7 @@ class InputCache:
             finally:
                 del self._inflight[key]
                 event.set()
+        self._by_node[_identity(node)] = tree
         return tree
 
     async def _existing(self, path: Path) -> Tree | None:

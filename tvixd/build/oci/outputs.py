@@ -29,14 +29,16 @@ from clients.build.model import BuildRequest
 from clients.errors import InvalidRequest
 from nixcompat.errors import NixCompatError
 from nixcompat.hash import HashAlgo, NixHash
-from nixcompat.nar import NarWriter, write_path
+from nixcompat.nar import NarError, NarWriter, write_path
 from nixcompat.refscan import RefScanner
 
 __all__ = [
     "SMALL_OUTPUT",
+    "Checked",
     "FixedOutput",
     "OutputCheck",
     "SmallOutput",
+    "check_outputs",
     "fixed_output_of",
     "hash_mismatch",
     "inspect_output",
@@ -182,3 +184,31 @@ def inspect_output(
         else:
             got = _flat_hash(path, fixed.hash.algo)
     return OutputCheck(frozenset(scanner.found), got)
+
+
+Checked = tuple[OutputCheck, SmallOutput | None] | InvalidRequest | NarError | None
+"""One output's result in :func:`check_outputs`."""
+
+
+def check_outputs(
+    hosts: list[str], needles: Sequence[str], fixed: FixedOutput | None
+) -> tuple[int | None, list[Checked]]:
+    """:func:`inspect_output` and :func:`read_small` of every output, in one call (blocking: one
+    worker-thread trip per build).
+
+    The index of the first output that does not exist (then nothing is
+    checked), and per output what :func:`inspect_output` found with its
+    contents if small (:func:`read_small`), or the error refusing it (the
+    outputs after a refused one are not checked: None).
+    """
+    checks: list[Checked] = [None] * len(hosts)
+    for i, host in enumerate(hosts):
+        if not os.path.lexists(host):
+            return i, checks
+    for i, host in enumerate(hosts):
+        try:
+            checks[i] = (inspect_output(host, needles, fixed), read_small(host))
+        except (InvalidRequest, NarError) as exc:
+            checks[i] = exc
+            break
+    return None, checks

@@ -7,7 +7,8 @@ Per build (at most ``max_builds`` at a time, default: the number of cores):
 2. materialize the inputs (:class:`~tvixd.build.oci.materialize.InputCache`:
    once per builder, shared read-only);
 3. prepare a bundle (:mod:`~tvixd.build.oci.bundle`) under
-   ``<state>/builds/<id>``, its store directory holding the input closure as
+   ``<state>/builds/<id>``, its store directory (a recycled one:
+   :mod:`~tvixd.build.oci.storedirs`) holding the input closure as
    a hardlink farm of the cache (:mod:`~tvixd.build.oci.farm`; inputs with
    more than ``link_limit`` entries, or all of them when the cache is on
    another file system than ``builds/``, are bind-mounted read-only
@@ -19,9 +20,11 @@ Per build (at most ``max_builds`` at a time, default: the number of cores):
 5. only then ingest the outputs into the castore and return the Build.
 
 A failure at step 1 is ``InvalidRequest``; at steps 3 and 4 ``BuildFailed`` with the log
-tail.  Whatever happens (cancellation included), the container is killed and
-the bundle removed, shielded and bounded; a failed build puts nothing into
-the castore.  State directory layout: ``builds/`` (bundles), ``inputs/``
+tail.  Whatever happens (cancellation included), the container is killed,
+the bundle removed and the store directory swept (everything the build
+created in it removed), shielded and bounded; a failed build puts nothing
+into the castore.  State directory layout: ``builds/`` (bundles, recycled
+store directories, shared root file systems), ``inputs/``
 (materialized inputs), ``runc/`` (runc's state), ``lock`` (one builder per
 state directory).  Opening the builder removes what a crash left there.
 """
@@ -51,17 +54,18 @@ from clients.castore.streams import put_bytes
 from clients.errors import InvalidRequest
 from clients.store.ingest import ingest_path
 from nixcompat.nar import NarError
-from tvixd.build.oci.bundle import Bundle, SandboxConfig, prepare_bundle
+from tvixd.build.oci.bundle import Bundle, SandboxConfig, prepare_bundle, store_entries
 from tvixd.build.oci.farm import Tree, same_file_system
 from tvixd.build.oci.materialize import InputCache
 from tvixd.build.oci.outputs import (
     FixedOutput,
+    SmallOutput,
+    check_outputs,
     fixed_output_of,
     hash_mismatch,
-    inspect_output,
-    read_small,
 )
 from tvixd.build.oci.runner import CLEANUP_TIMEOUT, Runc, RunResult
+from tvixd.build.oci.storedirs import StoreDir, StoreDirPool, sweep
 
 __all__ = ["OciBuildService", "OciConfig", "default_systems"]
 
@@ -151,6 +155,7 @@ class OciBuildService:
         self._allowed_ro = frozenset(config.allowed_ro_paths)
         self.systems = frozenset(default_systems() if config.systems is None else config.systems)
         self._link_limit = config.link_limit
+        self._stores = StoreDirPool(state_dir / "builds")
 
     @classmethod
     async def open(
@@ -186,6 +191,11 @@ class OciBuildService:
     def __repr__(self) -> str:
         return f"OciBuildService({self._state}, max_builds={self.max_builds})"
 
+    @property
+    def store_dirs(self) -> StoreDirPool:
+        """The recycled store directories (:mod:`~tvixd.build.oci.storedirs`)."""
+        return self._stores
+
     async def close(self) -> None:
         await self._runc.close()
         if self._lock_file is not None:
@@ -215,8 +225,10 @@ class OciBuildService:
             except UnicodeDecodeError:
                 raise InvalidRequest(f"input name {node.name!r} is not UTF-8") from None
         for path in [f.path for f in request.additional_files] + [request.working_dir]:
-            for i in inputs:
-                if path == i or path.startswith(i + "/"):
+            parts = path.split("/")
+            for depth in range(1, len(parts) + 1):  # the path and each of its parents
+                i = "/".join(parts[:depth])
+                if i in inputs:
                     raise InvalidRequest(f"{path!r} would be inside the read-only input {i!r}")
         for output in request.outputs:
             if not any(output.startswith(s + "/") for s in scratch):
@@ -233,14 +245,26 @@ class OciBuildService:
         async with self._slots:
             container_id = f"tvixd-{uuid.uuid4().hex}"
             bundle_dir = self._state / "builds" / container_id
+            store: StoreDir | None = None
             try:
                 inputs = await self._materialize(request.inputs)
                 limit = self._link_limit
                 mount = frozenset(
                     name for name, tree in inputs.items() if limit is not None and tree.size > limit
                 )
+                entries = store_entries(request, inputs, mount)
+                if request.inputs_dir in request.scratch_paths:
+                    store = self._stores.take(entries)
                 bundle = await anyio.to_thread.run_sync(
-                    lambda: prepare_bundle(request, bundle_dir, inputs, self.sandbox, mount=mount)
+                    lambda: prepare_bundle(
+                        request,
+                        bundle_dir,
+                        inputs,
+                        self.sandbox,
+                        mount=mount,
+                        store=store,
+                        entries=entries,
+                    )
                 )
                 result = await self._runc.run(
                     bundle_dir, container_id, on_line=on_log, time_limit=self.timeout
@@ -248,7 +272,9 @@ class OciBuildService:
                 return await self._collect(request, bundle, result, fixed)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-                    await anyio.to_thread.run_sync(_remove_tree, bundle_dir)
+                    if await anyio.to_thread.run_sync(_clean_up, bundle_dir, store):
+                        assert store is not None
+                        self._stores.give_back(store)
 
     async def _materialize(self, nodes: Iterable[Node]) -> dict[bytes, Tree]:
         trees: dict[bytes, Tree] = {}
@@ -289,40 +315,43 @@ class OciBuildService:
             """A failure found after the builder exited 0."""
             return BuildFailed(reason, exit_code=0, log_tail=tail)
 
-        for output, host in zip(request.outputs, hosts, strict=True):
-            if not await anyio.to_thread.run_sync(os.path.lexists, host):
-                raise failed(f"builder succeeded but did not produce output '/{output}'")
+        missing, checks = await anyio.to_thread.run_sync(
+            check_outputs, [str(h) for h in hosts], request.refscan_needles, fixed
+        )
+        if missing is not None:
+            output = request.outputs[missing]
+            raise failed(f"builder succeeded but did not produce output '/{output}'")
         needles: list[tuple[int, ...]] = []
-        for output, host in zip(request.outputs, hosts, strict=True):
-            try:
-                check = await anyio.to_thread.run_sync(
-                    inspect_output, str(host), request.refscan_needles, fixed
-                )
-            except InvalidRequest as exc:  # a flat fixed output that is not a plain file
-                raise failed(str(exc).replace(str(host), "/" + output)) from exc
-            except NarError as exc:  # a socket, fifo or device in the output
-                message = str(exc).replace(str(host), "/" + output)
-                raise failed(f"output '/{output}' cannot be stored: {message}") from exc
-            if fixed is not None and check.hash != fixed.hash:
-                assert check.hash is not None
-                raise failed(hash_mismatch("/" + output, fixed.hash, check.hash))
-            if fixed is not None and check.needles:
-                found = sorted(request.refscan_needles[i] for i in check.needles)
+        smalls: list[SmallOutput | None] = []
+        for output, host, check in zip(request.outputs, hosts, checks, strict=True):
+            assert check is not None  # outputs after a refused one are never reached
+            if isinstance(check, InvalidRequest):  # a flat fixed output that is not a plain file
+                raise failed(str(check).replace(str(host), "/" + output)) from check
+            if isinstance(check, NarError):  # a socket, fifo or device in the output
+                message = str(check).replace(str(host), "/" + output)
+                raise failed(f"output '/{output}' cannot be stored: {message}") from check
+            found, small = check
+            if fixed is not None and found.hash != fixed.hash:
+                assert found.hash is not None
+                raise failed(hash_mismatch("/" + output, fixed.hash, found.hash))
+            if fixed is not None and found.needles:
+                names = sorted(request.refscan_needles[i] for i in found.needles)
                 raise failed(
-                    f"illegal path references in fixed-output derivation '/{output}': {found}"
+                    f"illegal path references in fixed-output derivation '/{output}': {names}"
                 )
-            needles.append(tuple(sorted(check.needles)))
+            needles.append(tuple(sorted(found.needles)))
+            smalls.append(small)
         nodes = []
-        for output, host in zip(request.outputs, hosts, strict=True):
+        for output, host, small in zip(request.outputs, hosts, smalls, strict=True):
             try:
-                nodes.append(await self._ingest(host, output.rsplit("/", 1)[-1].encode()))
+                nodes.append(await self._ingest(host, output.rsplit("/", 1)[-1].encode(), small))
             except (OSError, NarError) as exc:  # the checks above read it: this is not the build
                 raise BuildError(f"could not ingest output '/{output}': {exc}") from exc
         return Build(request, tuple(nodes), tuple(needles))
 
-    async def _ingest(self, host: Path, name: bytes) -> Node:
-        """Put the output at ``host`` into the castore; its root node, called ``name``."""
-        small = await anyio.to_thread.run_sync(read_small, str(host))
+    async def _ingest(self, host: Path, name: bytes, small: SmallOutput | None) -> Node:
+        """Put the output at ``host`` (``small`` if it was read whole) into the castore; its root
+        node, called ``name``."""
         if small is None:
             ingested = await ingest_path(host, self._blobs, self._directories, name=name)
             return ingested.node
@@ -331,6 +360,23 @@ class OciBuildService:
         assert small.contents is not None
         digest = await put_bytes(self._blobs, small.contents)
         return FileNode(name, digest, len(small.contents), small.executable)
+
+
+def _clean_up(bundle_dir: Path, store: StoreDir | None) -> bool:
+    """Remove the bundle and sweep ``store`` (blocking); whether ``store`` can be used again.
+
+    A store directory that cannot be swept is removed whole.
+    """
+    _remove_tree(bundle_dir)
+    if store is None:
+        return False
+    try:
+        sweep(store)
+    except OSError:
+        log.warning("removing store directory %s", os.fsdecode(store.path), exc_info=True)
+        _remove_tree(Path(os.fsdecode(store.path)))
+        return False
+    return True
 
 
 def _remove_tree(path: Path) -> None:
