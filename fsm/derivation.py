@@ -120,8 +120,12 @@ class DerivationMachine(LifecycleMachine[DerivationModel]):
 
     def _note_build_failure(self, retryable: bool = False, reason: str = "") -> None:
         m = self.model
-        what = f"build failed (attempt {m.attempt} of {m.max_attempts}"
-        what += ", no attempts left)" if retryable else ")"
+        if retryable:  # an infrastructure fault, and the retries are used up
+            what = f"build failed (attempt {m.attempt} of {m.max_attempts}, no attempts left)"
+        elif m.attempt > 1:  # a builder failure after retried infrastructure faults
+            what = f"build failed (attempt {m.attempt})"
+        else:  # a builder failure is never retried: no attempt count to speak of
+            what = "build failed"
         m.failure_reason = f"{what}: {reason}" if reason else what
 
     def _note_push_failure(self, reason: str = "") -> None:

@@ -166,7 +166,7 @@ def test_a_built_derivation_and_the_ready_made_plugin() -> None:
     assert (model.state, model.attempt) == (DrvState.BUILD, 2)
     compiled.send(model, "build_finished", success=False, reason="exit 1", log_tail="a\nb")
     assert model.state is DrvState.FAILED
-    assert model.failure_reason == "build failed (attempt 2 of 3): exit 1"
+    assert model.failure_reason == "build failed (attempt 2): exit 1"
     assert [(f.state, f.attempt, f.log_tail) for f in recorder.failures] == [
         (DrvState.FAILED, 2, "a\nb")
     ]

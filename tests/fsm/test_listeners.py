@@ -110,7 +110,7 @@ def test_failed_hooks_see_the_failure_reason() -> None:
 
     machine = DerivationMachine.from_record(drv_record(D.BUILD), listeners=[OnFailed()])
     machine.build_finished(success=False, reason="exit 1", log_tail="error: boom")
-    assert seen == [("build failed (attempt 1 of 3): exit 1", "error: boom")]
+    assert seen == [("build failed: exit 1", "error: boom")]
 
 
 def test_an_internal_self_transition_enters_nothing() -> None:
@@ -242,12 +242,12 @@ def test_failure_recorder() -> None:
     job.fail(reason="not a derivation machine")
 
     assert recorder.failures == (
-        FailedDerivation(DRV, DrvState.FAILED, "build failed (attempt 2 of 3): exit 2", 2, "c\nd"),
+        FailedDerivation(DRV, DrvState.FAILED, "build failed (attempt 2): exit 2", 2, "c\nd"),
         FailedDerivation(DRV, DrvState.DEPENDENCY_FAILED, f"input {INPUT} failed", 0, ""),
         FailedDerivation(DRV, DrvState.FAILED, "store answered garbage", 0, "x"),
     )
     assert recorder.report() == (
-        f"failed: {DRV} (attempt 2): build failed (attempt 2 of 3): exit 2\n"
+        f"failed: {DRV} (attempt 2): build failed (attempt 2): exit 2\n"
         "    | c\n    | d\n"
         f"dependency_failed: {DRV} (attempt 0): input {INPUT} failed\n"
         f"failed: {DRV} (attempt 0): store answered garbage\n"
