@@ -87,3 +87,31 @@ def test_main_reports_a_path_in_the_way(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["--listen", f"unix:{path}", "--log-level", "WARNING"]) == 2
     err = capsys.readouterr().err
     assert f"tvixd.store.serve: listen unix:{path}: the path exists and is not a socket" in err
+
+
+def _read_until_eof(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (at most 10 s)."""
+    sock.settimeout(10)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.asyncio
+async def test_stop_closes_idle_client_connections(tmp_path: Path) -> None:
+    """grpclib's ``Server.close()`` leaves accepted connections open; ``serve`` closes them."""
+    path = tmp_path / "store.sock"
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        async with serving(path):
+            await anyio.to_thread.run_sync(client.connect, str(path))
+            blobs = GrpcBlobService.from_url(f"grpc+unix://{path}")
+            try:  # a request the server answers, so the idle connection above is set up too
+                assert not await blobs.has(B3Digest.of(b"x"))
+            finally:
+                await blobs.close()
+        received = await anyio.to_thread.run_sync(_read_until_eof, client)
+    finally:
+        client.close()
+    assert received  # the server's HTTP/2 preface and its GOAWAY, then end of stream

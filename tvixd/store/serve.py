@@ -20,8 +20,10 @@ Shutdown is staged: SIGTERM or SIGINT (or the injected ``stop`` event) →
 stop accepting (the unix socket file is removed, so no new client can
 connect; new requests on open connections get ``UNAVAILABLE`` from
 ``tvixd.endpoints.Inflight``) → wait for in-flight requests up to
-``--grace`` seconds → close the server → close the services.  A second
-signal skips the wait.
+``--grace`` seconds → close the server and every client connection it
+accepted (``GOAWAY``, then dropped after :data:`HANGUP_TIMEOUT`; see
+``tvixd.endpoints.Connections``) → close the services.  A second signal
+skips the wait.
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ from clients.store.nar import CastoreNarCalculator
 from tvixd.castore.registry import blob_service_from_url, directory_service_from_url
 from tvixd.castore.server import castore_servicers
 from tvixd.config import ConfigError
-from tvixd.endpoints import Inflight, Listener, bind_unix
+from tvixd.endpoints import Connections, Inflight, Listener, bind_unix
 from tvixd.store.registry import path_info_service_from_url
 from tvixd.store.server import PathInfoServiceServicer
 
 log = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
+HANGUP_TIMEOUT = 1.0
+"""Seconds client connections get to close after ``GOAWAY`` before they are dropped."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,8 @@ async def serve(
     path, host, port = config.address()
     async with _services(config) as handlers:
         server = Server(handlers)
+        connections = Connections()
+        connections.track(server)
         inflight = Inflight("the store server is shutting down")
         listen(server, RecvRequest, inflight.on_request)
         if path is not None:
@@ -172,11 +178,22 @@ async def serve(
         finally:
             with anyio.CancelScope(shield=True):
                 server.close()
+                await _hang_up(connections)
                 with anyio.move_on_after(5):
                     await server.wait_closed()
                 if path is not None:
                     await anyio.to_thread.run_sync(_remove, path)
         log.info("store server stopped")
+
+
+async def _hang_up(connections: Connections) -> None:
+    """Close the client connections the server accepted (its ``close()`` leaves them open)."""
+    if connections.close():
+        with anyio.move_on_after(HANGUP_TIMEOUT):
+            await connections.wait_closed()
+        dropped = connections.abort()
+        if dropped:
+            log.warning("dropped %d client connections that did not close", dropped)
 
 
 async def _run(config: ServeConfig) -> None:
