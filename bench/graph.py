@@ -42,7 +42,10 @@ Run: ``.venv/bin/python bench/graph.py --quick`` (as root: Nix's sandbox);
 cProfile and leaves ``DIR/tvixd-<builder>.prof``; ``--only dummy`` measures
 the coordinator overhead alone (as ``--no-nix --no-oci``).  The dummy build
 through the daemon also reports ``tvixctl``'s own CPU time (it shares the
-machine) and the 1-minute load average before and after.
+machine), the 1-minute load average before and after, the daemon's main
+thread's CPU (the event loop) apart from its other threads', and the
+context switches of all its threads (each hand-over to a worker thread costs
+a few).
 """
 
 from __future__ import annotations
@@ -279,6 +282,38 @@ def _timed_tvixd(daemon: TvixDaemon, file: Path, salt: str) -> tuple[float, floa
     return wall, daemon.cpu() - cpu, client, sum(job["counts"].values())
 
 
+ThreadStats = dict[int, tuple[float, int]]
+"""Thread id → (CPU seconds, voluntary + involuntary context switches)."""
+
+
+def daemon_threads(daemon: TvixDaemon) -> ThreadStats:
+    """CPU and context switches of each of the daemon's threads now (from ``/proc``)."""
+    assert daemon.process is not None
+    pid, ticks, out = daemon.process.pid, os.sysconf("SC_CLK_TCK"), {}
+    for name in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{name}/stat").read_text().rpartition(")")[2].split()
+            status = Path(f"/proc/{pid}/task/{name}/status").read_text().splitlines()
+        except OSError:  # the thread ended meanwhile
+            continue
+        switches = sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+        out[int(name)] = ((int(fields[11]) + int(fields[12])) / ticks, switches)
+    return out
+
+
+def _thread_delta(before: ThreadStats, after: ThreadStats, daemon: TvixDaemon) -> tuple[float, int]:
+    """``(main thread CPU seconds, context switches)`` between two snapshots.
+
+    Context switches of threads that ended in between are not counted
+    (anyio's idle worker threads live 10 s, longer than most builds here).
+    """
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    main = after[pid][0] - before[pid][0]
+    switches = sum(n - before.get(tid, (0.0, 0))[1] for tid, (_, n) in after.items())
+    return main, switches
+
+
 # -- the measurement -----------------------------------------------------------------------------
 
 
@@ -348,9 +383,12 @@ def measure(
             result["tvixd_noop_api_s"] = wall
         daemon, dummy_salt = graph.daemon("dummy"), salt()
         result["load_before"] = os.getloadavg()[0]
+        threads = daemon_threads(daemon)
         wall, cpu, client, count = _timed_tvixd(daemon, file, dummy_salt)
+        main_cpu, switches = _thread_delta(threads, daemon_threads(daemon), daemon)
         result.update(dummy_build_s=wall, dummy_build_cpu_s=cpu, dummy_derivations=count)
         result.update(dummy_tvixctl_cpu_s=client, load_after=os.getloadavg()[0])
+        result.update(dummy_main_thread_cpu_s=main_cpu, dummy_context_switches=switches)
         wall, cpu, _, _ = _timed_tvixd(daemon, file, dummy_salt)
         result.update(dummy_noop_s=wall, dummy_noop_cpu_s=cpu)
         alone_salt, alone_state = salt(), graph.work / f"alone-{file.stem}"
@@ -368,6 +406,8 @@ def _derived(r: dict[str, Any], nodes: int) -> dict[str, Any]:
         "dummy_ms_per_drv_minus_eval": (r["dummy_build_s"] - r["nix_instantiate_s"]) / nodes * 1e3,
         "dummy_cpu_ms_per_drv": r["dummy_build_cpu_s"] / nodes * 1e3,
         "dummy_tvixctl_cpu_ms_per_drv": r["dummy_tvixctl_cpu_s"] / nodes * 1e3,
+        "dummy_main_thread_cpu_ms_per_drv": r["dummy_main_thread_cpu_s"] / nodes * 1e3,
+        "dummy_context_switches_per_drv": r["dummy_context_switches"] / nodes,
         "alone_ms_per_drv_minus_eval": (r["alone_wall_s"] - r["nix_instantiate_s"]) / nodes * 1e3,
         "alone_cpu_ms_per_drv": r["alone_cpu_s"] / nodes * 1e3,
     }
@@ -403,6 +443,12 @@ def table(results: Sequence[dict[str, Any]]) -> Iterator[str]:
             f"daemon CPU {r['dummy_cpu_ms_per_drv']:.2f} ms/drv, tvixctl CPU "
             f"{r['dummy_tvixctl_cpu_ms_per_drv']:.2f} ms/drv); no-op {r['dummy_noop_s']:.2f} s "
             f"(1-minute load average {r['load_before']:.2f} before, {r['load_after']:.2f} after)"
+        )
+        yield (
+            f"          daemon main thread {r['dummy_main_thread_cpu_ms_per_drv']:.2f} ms/drv, "
+            f"other threads {r['dummy_cpu_ms_per_drv'] - r['dummy_main_thread_cpu_ms_per_drv']:.2f}"
+            f" ms/drv; {r['dummy_context_switches_per_drv']:.1f} context switches/drv "
+            "(thread hand-offs)"
         )
         yield (
             f"  coordinator alone (memory stores, no gRPC): "

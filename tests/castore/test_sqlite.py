@@ -7,15 +7,27 @@ on the event loop.
 from __future__ import annotations
 
 import sqlite3
+import threading
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import pytest
 
 from clients.errors import StorageError
 from tvixd.castore.directories.sqlite import SqliteDirectoryService
-from tvixd.sqlite import Database, check_schema, connect, transaction
+from tvixd.sqlite import (
+    Database,
+    SerialThread,
+    ThreadStopped,
+    check_schema,
+    connect,
+    run_each,
+    transaction,
+)
 from tvixd.store.pathinfo.sqlite import SqlitePathInfoService
 
 pytestmark = pytest.mark.asyncio
@@ -154,3 +166,180 @@ async def test_both_backends_share_one_file(tmp_path: Path) -> None:
     assert await _sql(path, "PRAGMA user_version") == [(1,)]
     with pytest.raises(StorageError, match=r"SqlitePathInfoService\(.*, closed\) is closed"):
         await infos.get(b"\0" * 20)
+
+
+# -- SerialThread and group commit ----------------------------------------------------------
+
+
+async def test_serial_thread_runs_calls_in_order_on_one_thread_in_batches() -> None:
+    batches: list[int] = []
+
+    def runner(calls: list[Any]) -> list[Any]:
+        batches.append(len(calls))
+        return run_each(calls)
+
+    worker = SerialThread("test", runner)
+    gate, started = threading.Event(), threading.Event()
+    seen: list[tuple[int, int]] = []
+
+    def call(i: int) -> int:
+        if i == 0:
+            started.set()
+            gate.wait(10)
+        seen.append((i, threading.get_ident()))
+        return i * i
+
+    try:
+        futures = [worker.submit(partial(call, 0))]
+        assert await anyio.to_thread.run_sync(started.wait, 10)
+        futures += [worker.submit(partial(call, i)) for i in range(1, 11)]  # queued meanwhile
+        gate.set()
+        assert [await f for f in futures] == [i * i for i in range(11)]
+    finally:
+        await worker.stop()
+    assert [i for i, _ in seen] == list(range(11))
+    assert len({ident for _, ident in seen}) == 1
+    assert seen[0][1] != threading.get_ident()
+    assert batches[:2] == [1, 10]  # one hand-over for everything queued meanwhile
+
+
+async def test_serial_thread_errors_reach_their_caller_only() -> None:
+    worker = SerialThread("test")
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    try:
+        bad, good = worker.submit(boom), worker.submit(lambda: "fine")
+        with pytest.raises(ValueError, match="boom"):
+            await bad
+        assert await good == "fine"
+    finally:
+        await worker.stop()
+
+
+async def test_serial_thread_skips_calls_cancelled_before_they_start() -> None:
+    worker = SerialThread("test")
+    gate, started = threading.Event(), threading.Event()
+    ran: list[str] = []
+    try:
+
+        def hold() -> bool:
+            started.set()
+            return gate.wait(10)
+
+        first = worker.submit(hold)
+        assert await anyio.to_thread.run_sync(started.wait, 10)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await worker.run(lambda: ran.append("cancelled"))
+        assert scope.cancelled_caught
+        last = worker.submit(lambda: ran.append("last"))
+        gate.set()
+        assert await first is True
+        await last
+    finally:
+        await worker.stop()
+    assert ran == ["last"]
+
+
+async def test_serial_thread_stop_runs_what_is_queued_then_refuses() -> None:
+    worker = SerialThread("test")
+    ran: list[int] = []
+    pending = [worker.submit(partial(ran.append, i)) for i in range(3)]
+    await worker.stop()
+    await worker.stop()  # idempotent
+    assert all(f.done() for f in pending)
+    assert ran == [0, 1, 2]
+    with pytest.raises(ThreadStopped, match=r"SerialThread\('test'\) is stopped"):
+        worker.submit(lambda: None)
+    await SerialThread("never started").stop()
+
+
+async def _hold(tg: anyio.abc.TaskGroup, db: Database, gate: threading.Event) -> None:
+    """Keep ``db``'s thread busy until ``gate`` is set; returns once it is."""
+    started = threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        started.set()
+        gate.wait(10)
+
+    tg.start_soon(db.run, hold)
+    assert await anyio.to_thread.run_sync(started.wait, 10)
+
+
+async def test_writes_queued_together_commit_together(tmp_path: Path) -> None:
+    db = await _open(tmp_path / "test.db")
+    statements: list[str] = []
+    gate = threading.Event()
+    try:
+        await db.run(lambda c: c.set_trace_callback(statements.append))
+        async with anyio.create_task_group() as tg:
+            await _hold(tg, db, gate)
+            for k in (1, 2, 3):
+                tg.start_soon(
+                    db.write, lambda c, k=k: c.execute("INSERT INTO t VALUES (?, 'v')", (k,))
+                )
+            await anyio.wait_all_tasks_blocked()  # every write waits in the queue
+            gate.set()
+        assert await _sql(tmp_path / "test.db", "SELECT k FROM t ORDER BY k") == [(1,), (2,), (3,)]
+        commits = [s for s in statements if s.startswith(("BEGIN", "COMMIT"))]
+        assert commits == ["BEGIN IMMEDIATE", "COMMIT"]  # three writes, one transaction
+    finally:
+        await db.close()
+
+
+async def test_a_failing_write_does_not_take_its_group_down(tmp_path: Path) -> None:
+    db = await _open(tmp_path / "test.db")
+    gate = threading.Event()
+    runs: dict[int, int] = {}
+
+    def insert(k: int) -> Any:
+        def fn(conn: sqlite3.Connection) -> int:
+            runs[k] = runs.get(k, 0) + 1
+            conn.execute("INSERT INTO t VALUES (?, 'v')", (k,))
+            if k == 2:
+                raise RuntimeError("write 2 fails after its insert")
+            return k
+
+        return fn
+
+    results: dict[int, object] = {}
+
+    async def write(k: int) -> None:
+        try:
+            results[k] = await db.write(insert(k))
+        except RuntimeError as exc:
+            results[k] = exc
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await _hold(tg, db, gate)
+            for k in (1, 2, 3):
+                tg.start_soon(write, k)
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+        assert results[1] == 1
+        assert results[3] == 3
+        assert isinstance(results[2], RuntimeError)
+        assert runs == {1: 2, 2: 2, 3: 1}  # the group up to the failure, then each on its own
+        assert await _sql(tmp_path / "test.db", "SELECT k FROM t ORDER BY k") == [(1,), (3,)]
+    finally:
+        await db.close()
+
+
+async def test_a_failing_runner_fails_its_batch_and_the_thread_goes_on() -> None:
+    fail = [True]
+
+    def runner(calls: list[Any]) -> list[Any]:
+        if fail.pop() if fail else False:
+            raise RuntimeError("runner bug")
+        return run_each(calls)
+
+    worker = SerialThread("test", runner)
+    try:
+        with pytest.raises(RuntimeError, match="runner bug"):
+            await worker.run(lambda: 1)
+        assert await worker.run(lambda: 2) == 2
+    finally:
+        await worker.stop()

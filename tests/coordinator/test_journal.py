@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from tvixd.journal import (
     JournalError,
     LogLine,
 )
+from tvixd.journal import journal as journal_module
 from tvixd.journal.db import Batch
 
 pytestmark = pytest.mark.asyncio
@@ -185,6 +187,43 @@ async def test_a_failed_write_fails_every_commit(tmp_path: Path) -> None:
     # The failed transaction left nothing behind.
     async with journal_at(path) as (journal, _):
         assert [e.seq for e in await journal.events_after("a", 0)] == [1]
+
+
+async def test_a_batch_past_its_deadline_fails_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's deadline per batch (``COMMIT_TIMEOUT``) fails every waiting commit."""
+    monkeypatch.setattr(journal_module, "COMMIT_TIMEOUT", 0.05)
+    journal = await Journal.open(tmp_path / "jobs.db")
+    release = threading.Event()
+    write = journal._write
+
+    def slow_write(batch: Batch) -> None:
+        release.wait(10)
+        write(batch)
+
+    monkeypatch.setattr(journal, "_write", slow_write)
+    try:
+        journal.save_job(job("a"))
+
+        async def run() -> None:
+            async with anyio.create_task_group() as tg:
+                await tg.start(journal.run)
+                await journal.commit()
+
+        with pytest.raises(ExceptionGroup) as caught:
+            await run()
+        assert {type(e) for e in caught.value.exceptions} == {JournalError}
+        assert all(
+            str(e) == f"cannot write the journal {tmp_path / 'jobs.db'}: a batch took longer "
+            "than 0.05 s"
+            for e in caught.value.exceptions
+        )
+        with pytest.raises(JournalError, match="took longer than"):
+            await journal.commit()
+    finally:
+        release.set()
+        await journal.close()
 
 
 async def test_corrupt_rows_and_files_are_named(tmp_path: Path) -> None:

@@ -169,3 +169,32 @@ async def test_watch_batches_carry_the_events_of_watch(
 
         batched, single = await in_thread(with_grpcio)
         assert batched == single == [bytes(e) for e in events]
+
+
+async def test_watch_batches_with_an_interval_join_commits(tmp_path: Path) -> None:
+    """Live batches at least ``interval`` apart: what commits meanwhile joins the next one,
+    and every event still arrives exactly once, in order."""
+    nix = graph_nix(tmp_path, {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["d", "c"]})
+    stores = Stores()
+    builder = ChattyBuilder(DummyBuildService(stores.blobs, delay=0.02), lines=5)
+    async with running(tmp_path, builder=builder, stores=stores) as env:
+        job = await env.submit_file(nix, "e")
+        seen: dict[float, list[list[int]]] = {0.0: [], 0.5: []}
+
+        async def watch(interval: float) -> None:
+            batches = env.coordinator.watch_batches(job.id, 0, True, interval=interval)
+            async for batch in batches:
+                seen[interval].append([event.seq for event in batch])
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for interval in seen:
+                    tg.start_soon(watch, interval)
+        events = await env.events(job.id)
+        assert job_states(events)[-1] == "succeeded"
+        everything = [e.seq for e in events]
+        for batches in seen.values():
+            assert all(batches)
+            assert [seq for batch in batches for seq in batch] == everything
+        assert len(seen[0.5]) <= len(seen[0.0])
+        assert len(seen[0.5]) < len(everything)

@@ -83,3 +83,35 @@ async def test_read_derivation_is_cached(evaluator: NixEvaluator, project: Path)
     first = await evaluator.read_derivation(path)
     assert await evaluator.read_derivation(path) is first
     assert first.drv_path() == path
+
+
+@pytest.mark.asyncio
+async def test_read_derivations_in_order_with_errors(
+    evaluator: NixEvaluator, project: Path
+) -> None:
+    dep, multi = await anyio.to_thread.run_sync(instantiate, project, "dep", "multi")
+    dep_path, multi_path = StorePath.from_absolute_path(dep), StorePath.from_absolute_path(multi)
+    missing = StorePath.from_absolute_path(
+        "/nix/store/00000000000000000000000000000000-missing.drv"
+    )
+    cached = await evaluator.read_derivation(dep_path)
+    results = await evaluator.read_derivations([multi_path, missing, dep_path, multi_path])
+    assert len(results) == 4
+    first, error, again, repeated = results
+    assert not isinstance(first, DerivationFileError)
+    assert first.drv_path() == multi_path
+    assert repeated == first
+    assert again is cached  # from the cache, not read again
+    assert isinstance(error, DerivationFileError)
+    assert f"derivation {missing} does not exist in the local Nix store" in error.message
+    # what was read is cached for read_derivation; errors are not
+    assert await evaluator.read_derivation(multi_path) is first
+    assert await evaluator.read_derivations([]) == []
+
+
+@pytest.mark.asyncio
+async def test_read_derivations_after_close(evaluator: NixEvaluator, project: Path) -> None:
+    (dep,) = await anyio.to_thread.run_sync(instantiate, project, "dep")
+    await evaluator.close()
+    with pytest.raises(RuntimeError, match="the evaluator is closed"):
+        await evaluator.read_derivations([StorePath.from_absolute_path(dep)])

@@ -20,6 +20,7 @@ from tests.vectors import entries, entry_id
 from tvixd.castore.directories.sqlite import SqliteDirectoryService
 from tvixd.store.pathinfo import sqlite as sqlite_backend
 from tvixd.store.pathinfo.cache import Cache
+from tvixd.store.pathinfo.many import BatchedGet, BatchedPut, get_many, put_many
 from tvixd.store.pathinfo.memory import MemoryPathInfoService
 from tvixd.store.pathinfo.signing import Signing
 from tvixd.store.pathinfo.sqlite import SqlitePathInfoService
@@ -237,3 +238,99 @@ async def test_signing_matches_nix_copy(entry: dict[str, str]) -> None:
     assert stored.fingerprint() == entry["fingerprint"]
     nix_sigs = [s for s in narinfo.signatures if s.name == "vector-test-1"]
     assert list(stored.signatures) == nix_sigs
+
+
+# --- get_many ---------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_get_many_answers_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "GET_MANY_CHUNK", 2)  # several queries for one call
+    service: MemoryPathInfoService | SqlitePathInfoService = (
+        MemoryPathInfoService()
+        if backend == "memory"
+        else await SqlitePathInfoService.open(tmp_path / "p.db")
+    )
+    try:
+        infos = [make_info(f"p{i}") for i in range(5)]
+        for info in infos[:3]:
+            await service.put(info)
+        absent = [info.digest for info in infos[3:]]
+        wanted = [infos[2].digest, absent[0], infos[0].digest, infos[2].digest, absent[1]]
+        assert await service.get_many(wanted) == [infos[2], None, infos[0], infos[2], None]
+        assert await service.get_many([]) == []
+        with pytest.raises(InvalidRequest, match="digest"):
+            await service.get_many([infos[0].digest, b"short"])
+    finally:
+        await service.close()
+
+
+@pytest.mark.asyncio
+async def test_get_many_errors_are_per_digest(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    service = await SqlitePathInfoService.open(db)
+    good, bad, absent = make_info("good"), make_info("bad"), make_info("absent")
+    try:
+        await service.put(good)
+        await service.put(bad)
+        _raw(db, "UPDATE path_infos_v1 SET data = ? WHERE digest = ?", b"\x0a", bad.digest)
+        with pytest.raises(StorageError, match="is corrupt"):
+            await service.get_many([good.digest, bad.digest])
+        # the helper asks again one by one: only the corrupt row's lookup fails
+        found = await get_many(service, [good.digest, bad.digest, absent.digest, b"short"])
+        assert found[0] == good
+        assert isinstance(found[1], StorageError)
+        assert "is corrupt" in str(found[1])
+        assert found[2] is None
+        assert isinstance(found[3], InvalidRequest)
+    finally:
+        await service.close()
+
+
+@pytest.mark.asyncio
+async def test_get_many_without_a_batched_backend() -> None:
+    """``Cache`` has no ``get_many``: the helper asks ``get`` for each, concurrently."""
+    near, far = MemoryPathInfoService(), MemoryPathInfoService()
+    infos = [make_info(f"p{i}") for i in range(4)]
+    await near.put(infos[0])
+    await far.put(infos[1])
+    cache = Cache(near, far)
+    assert not isinstance(cache, BatchedGet)
+    digests = [info.digest for info in infos]
+    assert await get_many(cache, digests, concurrency=2) == [infos[0], infos[1], None, None]
+    assert await get_many(cache, digests[1:2]) == [infos[1]]
+    assert await near.get(infos[1].digest) == infos[1]  # read through, as get does
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_put_many_is_all_or_nothing(tmp_path: Path, backend: str) -> None:
+    service: MemoryPathInfoService | SqlitePathInfoService = (
+        MemoryPathInfoService()
+        if backend == "memory"
+        else await SqlitePathInfoService.open(tmp_path / "p.db")
+    )
+    try:
+        good = [make_info("a"), make_info("b")]
+        with pytest.raises(InvalidRequest):
+            await service.put_many([good[0], make_info("bad", nar_sha256=b"x"), good[1]])
+        assert await service.get_many([i.digest for i in good]) == [None, None]
+        assert await service.put_many(good) == good
+        assert await service.put_many([]) == []
+        assert await service.get_many([i.digest for i in good]) == good
+        assert await put_many(service, [good[0]]) == [good[0]]
+    finally:
+        await service.close()
+
+
+@pytest.mark.asyncio
+async def test_put_many_without_a_batched_backend() -> None:
+    near, far = MemoryPathInfoService(), MemoryPathInfoService()
+    cache = Cache(near, far)
+    assert not isinstance(cache, BatchedPut)
+    infos = [make_info("a"), make_info("b")]
+    assert await put_many(cache, infos) == infos
+    assert await near.get_many([i.digest for i in infos]) == infos

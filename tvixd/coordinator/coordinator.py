@@ -251,11 +251,11 @@ class Coordinator:
         return streams.watch(self.driver, self.journal, self._events, job_id, from_seq, follow)
 
     def watch_batches(
-        self, job_id: str, from_seq: int = 0, follow: bool = True
+        self, job_id: str, from_seq: int = 0, follow: bool = True, interval: float = 0.0
     ) -> AsyncGenerator[list[JobEvent], None]:
         """:meth:`watch` in batches; see :func:`tvixd.coordinator.streams.watch_batches`."""
         return streams.watch_batches(
-            self.driver, self.journal, self._events, job_id, from_seq, follow
+            self.driver, self.journal, self._events, job_id, from_seq, follow, interval
         )
 
     def follow_log(self, drv_path: str, follow: bool = True) -> AsyncGenerator[LogLine, None]:

@@ -10,13 +10,18 @@ one transaction.
 What entering each state calls for (``_entered``):
 
 =====================  ======================================================
-``lookup``             ask the path-info service for the outputs (a task)
+``lookup``             ask the path-info service for the outputs (batched)
 ``waiting``            link the inputs (creating and attaching them: lookup is
                        top-down), then ``inputs_ready`` or ``input_failed``
 ``build``              queue for a build slot (after the retry delay)
 ``push``               (the build slot's follow-up pushes)
 final                  tell waiting dependents and the jobs
 =====================  ======================================================
+
+``.drv`` files to read and outputs to look up are queued and handled in
+batches (:class:`~tvixd.coordinator.batches.BatchQueue`): one task, one
+``read_derivations`` / ``get_many`` call, one deadline and one commit per
+batch, instead of one of each per derivation.
 
 Final nodes are processed from a queue, not recursively, so a failure
 cascading down a long chain cannot exhaust the stack.  Jobs (starting,
@@ -39,6 +44,7 @@ from clients.store.protocols import PathInfoService
 from fsm import CompiledMachine, DerivationMachine, DerivationModel, DerivationRecord, DrvState
 from nixcompat.derivation import Derivation
 from nixcompat.storepath import StorePath
+from tvixd.coordinator.batches import BatchQueue
 from tvixd.coordinator.graph import Graph, Node
 from tvixd.coordinator.jobs import JobRun
 from tvixd.coordinator.listeners import DerivationJournal, record_of
@@ -46,17 +52,16 @@ from tvixd.coordinator.logs import LOG_CAP
 from tvixd.coordinator.realise import Realiser
 from tvixd.coordinator.retry import RetryPolicy
 from tvixd.coordinator.slots import BuildSlots
-from tvixd.eval.protocol import EvaluationError, Evaluator
+from tvixd.eval.protocol import Evaluator
 from tvixd.journal.journal import Journal, JournalClosed
+from tvixd.store.pathinfo.many import get_many
 
 __all__ = ["LOOKUP_TIMEOUT", "NodeDriver"]
 
 log = logging.getLogger(__name__)
 
 LOOKUP_TIMEOUT = 300.0
-"""Seconds reading one ``.drv`` or looking up one derivation's outputs may take."""
-LOOKUPS = 64
-"""Lookups (and ``.drv`` reads) in flight at a time."""
+"""Seconds reading a batch of ``.drv`` files or looking up a batch of outputs may take."""
 
 _RESUMABLE = frozenset({DrvState.LOOKUP, DrvState.WAITING, DrvState.BUILD, DrvState.PUSH})
 
@@ -92,7 +97,8 @@ class NodeDriver:
         self._machine = CompiledMachine(DerivationMachine, listeners=[self._listener])
         self._actions: list[Callable[[], object]] = []
         self._finals: deque[Node] = deque()
-        self._lookups = anyio.CapacityLimiter(LOOKUPS)
+        self._loads = BatchQueue[tuple[Node, int, DrvState]](self._spawn_task, self._load)
+        self._lookups = BatchQueue[tuple[Node, int]](self._spawn_task, self._lookup)
         self._restored: dict[str, DerivationRecord] = {}
 
     # -- steps ----------------------------------------------------------------------------
@@ -117,6 +123,9 @@ class NodeDriver:
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         self._tg.start_soon(fn, *args)
 
+    def _spawn_task(self, fn: Callable[[], Any]) -> None:
+        self._tg.start_soon(fn)
+
     def send(self, node: Node, event: str, **facts: Any) -> None:
         """Send ``event`` to ``node``'s derivation machine and act on the state it reaches.
 
@@ -139,7 +148,7 @@ class NodeDriver:
     def _entered(self, node: Node) -> None:
         state = node.state
         if state is DrvState.LOOKUP:
-            self._later(self._spawn, self._lookup, node, node.generation)
+            self._later(self._lookups.add, (node, node.generation))
         elif state is DrvState.WAITING:
             self._link_inputs(node)
         elif state is DrvState.BUILD:
@@ -185,7 +194,7 @@ class NodeDriver:
         if node.is_final:
             return
         if node.drv is None:
-            self._later(self._spawn, self._load, node, node.generation, node.state)
+            self._later(self._loads.add, (node, node.generation, node.state))
         else:
             self._advance_loaded(node)
 
@@ -232,54 +241,67 @@ class NodeDriver:
 
     # -- async steps: load, lookup --------------------------------------------------------
 
-    async def _load(self, node: Node, generation: int, state: DrvState) -> None:
-        """Read the ``.drv``, then advance the node (if nothing else moved it meanwhile)."""
-        failure = None
+    async def _load(self, items: list[tuple[Node, int, DrvState]]) -> None:
+        """Read the ``.drv`` files, then advance each node (if nothing else moved it meanwhile)."""
+        paths = [node.drv_path for node, _, _ in items]
+        results: list[Derivation | str]
         try:
-            async with self._lookups:
-                with anyio.fail_after(LOOKUP_TIMEOUT):
-                    drv = await self._evaluator.read_derivation(node.drv_path)
-        except EvaluationError as exc:
-            failure = exc.message
+            with anyio.fail_after(LOOKUP_TIMEOUT):
+                loaded = await self._evaluator.read_derivations(paths)
+            results = [drv if isinstance(drv, Derivation) else drv.message for drv in loaded]
         except TimeoutError:
-            failure = f"reading {node.key} did not finish within {LOOKUP_TIMEOUT:g} s"
+            results = [
+                f"reading {node.key} did not finish within {LOOKUP_TIMEOUT:g} s"
+                for node, _, _ in items
+            ]
         except Exception as exc:
-            log.exception("reading %s", node.key)
-            failure = f"internal error reading {node.key}: {type(exc).__name__}: {exc}"
-        if node.is_stale(generation, state):
-            return
-        if failure is not None:
-            self.send(node, "fail", reason=failure)
-        else:
-            node.drv = drv
-            self._advance_loaded(node)
+            log.exception("reading %d derivations", len(items))
+            results = [
+                f"internal error reading {node.key}: {type(exc).__name__}: {exc}"
+                for node, _, _ in items
+            ]
+        for (node, generation, state), result in zip(items, results, strict=True):
+            if node.is_stale(generation, state):
+                continue
+            if isinstance(result, str):
+                self.send(node, "fail", reason=result)
+            else:
+                node.drv = result
+                self._advance_loaded(node)
         await self.settle()
 
-    async def _lookup(self, node: Node, generation: int) -> None:
+    async def _lookup(self, items: list[tuple[Node, int]]) -> None:
+        """Look up the outputs of each node, then report ``lookup_done`` (or ``fail``)."""
+        wanted: list[list[bytes]] = [[] for _ in items]
+        found: dict[bytes, object] = {}
         failure = None
-        present = False
         try:
-            async with self._lookups:
-                with anyio.fail_after(LOOKUP_TIMEOUT):
-                    present = await self._outputs_present(node)
-        except (StorageError, InvalidRequest, TimeoutError) as exc:
+            wanted = [[path.digest for path in node.output_paths().values()] for node, _ in items]
+            digests = list(dict.fromkeys(d for node_digests in wanted for d in node_digests))
+            with anyio.fail_after(LOOKUP_TIMEOUT):
+                found = dict(zip(digests, await get_many(self._pathinfos, digests), strict=True))
+        except TimeoutError as exc:
             failure = f"looking up the outputs failed: {exc or type(exc).__name__}"
         except Exception as exc:
-            log.exception("looking up %s", node.key)
+            log.exception("looking up the outputs of %d derivations", len(items))
             failure = f"internal error looking up the outputs: {type(exc).__name__}: {exc}"
-        if node.is_stale(generation, DrvState.LOOKUP):
-            return
-        if failure is not None:
-            self.send(node, "fail", reason=failure)
-        else:
-            self.send(node, "lookup_done", outputs_present=present)
+        for (node, generation), node_digests in zip(items, wanted, strict=True):
+            if node.is_stale(generation, DrvState.LOOKUP):
+                continue
+            reason = failure
+            present = True
+            for digest in node_digests if reason is None else ():
+                info = found[digest]
+                if isinstance(info, StorageError | InvalidRequest):
+                    reason = f"looking up the outputs failed: {info or type(info).__name__}"
+                    break
+                if info is None:
+                    present = False
+            if reason is not None:
+                self.send(node, "fail", reason=reason)
+            else:
+                self.send(node, "lookup_done", outputs_present=present)
         await self.settle()
-
-    async def _outputs_present(self, node: Node) -> bool:
-        for path in node.output_paths().values():
-            if await self._pathinfos.get(path.digest) is None:
-                return False
-        return True
 
     # -- waiting: inputs ------------------------------------------------------------------
 

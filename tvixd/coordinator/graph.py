@@ -56,6 +56,7 @@ class Node:
     scope: anyio.CancelScope | None = None
     started: bool = False
     fresh_log: bool = False
+    _outputs: dict[str, StorePath] | None = field(default=None, init=False)
 
     @property
     def key(self) -> str:
@@ -79,11 +80,14 @@ class Node:
         return self.generation != generation or self.record.state is not state
 
     def output_paths(self) -> dict[str, StorePath]:
-        """Output name → store path (the ``.drv`` must be loaded)."""
-        assert self.drv is not None, f"{self.key} is not loaded"
-        return {
-            name: StorePath.from_absolute_path(out.path) for name, out in self.drv.outputs.items()
-        }
+        """Output name → store path (the ``.drv`` must be loaded; parsed once, do not modify)."""
+        if self._outputs is None:
+            assert self.drv is not None, f"{self.key} is not loaded"
+            self._outputs = {
+                name: StorePath.from_absolute_path(out.path)
+                for name, out in self.drv.outputs.items()
+            }
+        return self._outputs
 
     def __repr__(self) -> str:
         return f"Node({self.drv_path.basename}, {self.state}, jobs={sorted(self.jobs)})"

@@ -38,6 +38,7 @@ from nixcompat.hash import HashAlgo, NixHash
 from nixcompat.narinfo import CaMethod, ContentAddress
 from nixcompat.signing import SigningKey
 from nixcompat.storepath import StorePath
+from tvixd.store.pathinfo.many import put_many
 
 __all__ = ["HashMismatch", "Pusher"]
 
@@ -103,9 +104,8 @@ class Pusher:
         return infos
 
     async def put(self, infos: list[PathInfo]) -> None:
-        """Put every path info."""
-        for info in infos:
-            await self._pathinfos.put(info)
+        """Put every path info (in one transaction when the backend can: see ``put_many``)."""
+        await put_many(self._pathinfos, infos)
 
     async def _content_address(
         self, drv: Derivation, name: str, node: Node, nar_sha256: bytes

@@ -74,10 +74,10 @@ class Realiser:
         with anyio.fail_after(self._build_timeout):
             used: dict[StorePath, tuple[StorePath, ...]] = {}
             for child, names in node.inputs.items():
-                child_drv = child.drv or await self._evaluator.read_derivation(child.drv_path)
-                used[child.drv_path] = tuple(
-                    StorePath.from_absolute_path(child_drv.outputs[name].path) for name in names
-                )
+                if child.drv is None:
+                    child.drv = await self._evaluator.read_derivation(child.drv_path)
+                outputs = child.output_paths()
+                used[child.drv_path] = tuple(outputs[name] for name in names)
             closure = await self._inputs.for_derivation(drv, used)
             request = derivation_to_build_request(drv, closure, build_cores=self._build_cores)
             candidates = refscan_candidates(drv, closure)

@@ -8,8 +8,11 @@ falls behind (see :mod:`tvixd.coordinator.hub`) catches up from the journal.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+
+import anyio
 
 from clients.errors import InvalidRequest, NotFound
 from fsm import DerivationRecord, DrvState
@@ -55,12 +58,16 @@ async def watch_batches(
     job_id: str,
     from_seq: int = 0,
     follow: bool = True,
+    interval: float = 0.0,
 ) -> AsyncGenerator[list[JobEvent], None]:
     """:func:`watch`'s events in batches: consecutive, never empty, in ``seq`` order.
 
     A batch is a page of the stored events (at most :data:`PAGE`) or the
-    events of this job one journal commit made durable; the last batch ends
-    with the final event.  Errors as :func:`watch`.
+    live events of this job made durable since the last batch; the last batch
+    ends with the final event.  ``interval``: live batches are at least that
+    many seconds apart (what commits meanwhile joins the next batch), so a
+    busy job sends one message per interval, not one per commit.  Errors as
+    :func:`watch`.
     """
     if from_seq < 0:
         raise InvalidRequest(f"from_seq must not be negative, got {from_seq}")
@@ -95,7 +102,12 @@ async def watch_batches(
                 if not await journal.events_after(job_id, last, 1):
                     return
                 continue
+            sent = -math.inf
             while not sub.lagged:
+                if interval > 0:
+                    wait = sent + interval - anyio.current_time()
+                    if wait > 0:
+                        await anyio.sleep(wait)
                 fresh = [event for event in await sub.next_batch() if event.seq > last]
                 if not fresh:
                     continue
@@ -103,6 +115,7 @@ async def watch_batches(
                     break  # cannot happen (commits are published in order): replay
                 batch, final = _until_final(fresh)
                 yield batch
+                sent = anyio.current_time()
                 last = batch[-1].seq
                 if final:
                     return

@@ -6,8 +6,10 @@
   as soon as its line arrives.  The first failure stops the others and
   raises :class:`EvaluationError` with Nix's stderr verbatim (minus the
   ``--add-root`` warning).  Substituters are switched off.
-* ``.drv`` files are read from the local store on worker threads, checked to
-  hash to their own path, and kept in a bounded cache.
+* ``.drv`` files are read from the local store on a dedicated thread
+  (:class:`~tvixd.sqlite.SerialThread`: reads asked for together are handed
+  over together), checked to hash to their own path, and kept in a bounded
+  cache.
 * Input sources are imported by :class:`~tvixd.eval.sources.SourceImporter`.
 """
 
@@ -39,6 +41,7 @@ from tvixd.eval.protocol import (
 )
 from tvixd.eval.roots import roots_from_drv_paths
 from tvixd.eval.sources import SourceImporter
+from tvixd.sqlite import SerialThread, ThreadStopped
 
 __all__ = ["NixEvaluator", "load_derivation"]
 
@@ -103,6 +106,7 @@ class NixEvaluator:
         self._drvs: OrderedDict[StorePath, Derivation] = OrderedDict()
         self._drv_cache_size = drv_cache_size
         self._sources = SourceImporter(blobs, directories, pathinfos, nix_store=nix_store)
+        self._reader = SerialThread("drv reader")
         self._closed = False
 
     def __repr__(self) -> str:
@@ -211,11 +215,51 @@ class NixEvaluator:
         if cached is not None:
             self._drvs.move_to_end(drv_path)
             return cached
-        drv = await anyio.to_thread.run_sync(load_derivation, drv_path)
+        try:
+            drv = await self._reader.run(lambda: load_derivation(drv_path))
+        except ThreadStopped:
+            self._check_open()  # closed meanwhile
+            raise
         self._drvs[drv_path] = drv
         if len(self._drvs) > self._drv_cache_size:
             self._drvs.popitem(last=False)
         return drv
+
+    async def read_derivations(
+        self, drv_paths: Sequence[StorePath]
+    ) -> list[Derivation | DerivationFileError]:
+        """See :meth:`tvixd.eval.protocol.Evaluator.read_derivations` (one thread call for all)."""
+        self._check_open()
+        known: dict[StorePath, Derivation | DerivationFileError] = {}
+        for drv_path in drv_paths:
+            cached = self._drvs.get(drv_path)
+            if cached is not None:
+                self._drvs.move_to_end(drv_path)
+                known[drv_path] = cached
+        missing = [path for path in dict.fromkeys(drv_paths) if path not in known]
+
+        def load_all() -> list[Derivation | DerivationFileError]:
+            out: list[Derivation | DerivationFileError] = []
+            for path in missing:
+                try:
+                    out.append(load_derivation(path))
+                except DerivationFileError as exc:
+                    out.append(exc)
+            return out
+
+        if missing:
+            try:
+                loaded = await self._reader.run(load_all)
+            except ThreadStopped:
+                self._check_open()  # closed meanwhile
+                raise
+            for path, result in zip(missing, loaded, strict=True):
+                known[path] = result
+                if isinstance(result, Derivation):
+                    self._drvs[path] = result
+            while len(self._drvs) > self._drv_cache_size:
+                self._drvs.popitem(last=False)
+        return [known[path] for path in drv_paths]
 
     async def roots_from_drv_paths(self, paths: Iterable[str | StorePath]) -> list[EvaluatedRoot]:
         """Roots for ``.drv`` paths named directly; see :func:`tvixd.eval.roots.roots_from_drv_paths`."""
@@ -227,6 +271,7 @@ class NixEvaluator:
         return await self._sources.ensure(path)
 
     async def close(self) -> None:
-        """Forget the caches; idempotent."""
+        """Forget the caches and end the reading thread; idempotent."""
         self._closed = True
         self._drvs.clear()
+        await self._reader.stop()

@@ -14,7 +14,7 @@ missing or malformed ``.drv``, a source missing from the local store) raise
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -115,6 +115,16 @@ class Evaluator(Protocol):
 
         Raises :class:`DerivationFileError` when it is not a ``.drv`` path, is
         absent, or does not parse as the derivation of that path.
+        """
+        ...
+
+    async def read_derivations(
+        self, drv_paths: Sequence[StorePath]
+    ) -> list[Derivation | DerivationFileError]:
+        """:meth:`read_derivation` of each path, in one go: a result or the error, in order.
+
+        For callers with many ``.drv`` files to read at once (the coordinator
+        reads every derivation of a graph): one hand-over for all of them.
         """
         ...
 

@@ -11,9 +11,13 @@ synchronous and SQLite never blocks the loop:
 2. *commit* (``await journal.commit()``): returns once everything enqueued
    before the call is durable.  One writer task (:meth:`Journal.run`, in the
    coordinator's task group) takes the open batch, writes it in one
-   transaction on a worker thread and starts a new batch meanwhile; every
-   commit waiting for that batch (or an earlier one) then wakes up.  A burst
-   of transitions is therefore one transaction.
+   transaction on the journal's writer thread (a dedicated
+   :class:`~tvixd.sqlite.SerialThread`: no per-call thread pool, limiter or
+   cancel scope) and starts a new batch meanwhile; every commit waiting for
+   that batch (or an earlier one) then wakes up.  A burst of transitions is
+   therefore one transaction.  The deadline (``COMMIT_TIMEOUT``) is the
+   writer's, per batch: a batch not written in time fails the journal, and
+   with it every waiting commit.
 
 After a batch is durable, ``on_commit(batch)`` runs on the loop, in batch
 order, before any waiter wakes up: the coordinator publishes the batch's
@@ -25,7 +29,7 @@ after ``commit()`` returned.  A failed write is fatal: the writer raises
 :class:`JournalError` out of :meth:`run` (which stops the coordinator), and
 every pending and later ``commit()`` raises it too; on restart the daemon
 resumes from the last durable transaction.  Reads use a second connection,
-also on worker threads.
+on a second dedicated thread.
 """
 
 from __future__ import annotations
@@ -40,13 +44,13 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import anyio.to_thread
 
 from clients.errors import StorageError
 from fsm import DerivationRecord, JobState
 from tvixd.journal import db
 from tvixd.journal.db import Batch, CorruptJournal, Recovered
 from tvixd.journal.model import EventBody, JobEvent, JobInfo, LogLine, StoredLogLine
+from tvixd.sqlite import SerialThread, ThreadStopped
 
 __all__ = ["COMMIT_TIMEOUT", "Journal", "JournalClosed", "JournalError"]
 
@@ -101,8 +105,8 @@ class Journal:
         self._path = path
         self._writer: sqlite3.Connection | None = writer
         self._reader: sqlite3.Connection | None = reader
-        self._write_limiter = anyio.CapacityLimiter(1)
-        self._read_limiter = anyio.CapacityLimiter(1)
+        self._write_thread = SerialThread(f"journal writer {path.name}")
+        self._read_thread = SerialThread(f"journal reader {path.name}")
         self._batch = Batch()
         self._open_number = 1  # the number of the batch being filled
         self._durable = 0  # the newest batch number known written
@@ -131,10 +135,13 @@ class Journal:
                 raise
             return cls(path, writer, reader, next_id)
 
+        opener = SerialThread(f"journal open {path.name}")
         try:
-            return await anyio.to_thread.run_sync(connect)
+            return await opener.run(connect)
         except (sqlite3.Error, OSError, CorruptJournal) as exc:
             raise JournalError(f"cannot open the journal {path}: {exc}") from exc
+        finally:
+            await opener.stop()
 
     def __repr__(self) -> str:
         return f"Journal({str(self._path)!r}, {len(self._jobs)} active jobs)"
@@ -233,13 +240,13 @@ class Journal:
         if self._durable >= target:
             return
         self._wakeup.set()
-        with anyio.fail_after(COMMIT_TIMEOUT):
-            while self._durable < target:
-                if self._stopped:
-                    raise JournalClosed(f"the writer of the journal {self._path} has stopped")
-                await self._written.wait()
-                if self._failed is not None:
-                    raise self._failed
+        # No deadline of its own: the writer's per batch fails the journal (and this wait).
+        while self._durable < target:
+            if self._stopped:
+                raise JournalClosed(f"the writer of the journal {self._path} has stopped")
+            await self._written.wait()
+            if self._failed is not None:
+                raise self._failed
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -271,8 +278,15 @@ class Journal:
         self._open_number += 1
         try:
             if len(batch):
-                await anyio.to_thread.run_sync(self._write, batch, limiter=self._write_limiter)
-        except (sqlite3.Error, OSError, JournalError) as exc:
+                # Shielded: a started batch is waited for (and published) even when the
+                # writer is being cancelled; bounded by the deadline.  (A bare scope:
+                # fail_after costs twice as much, and this runs for every batch.)
+                deadline = anyio.current_time() + COMMIT_TIMEOUT
+                with anyio.CancelScope(deadline=deadline, shield=True) as scope:
+                    await self._write_thread.run(lambda: self._write(batch))
+                if scope.cancelled_caught:
+                    raise JournalError(f"a batch took longer than {COMMIT_TIMEOUT:g} s")
+        except (sqlite3.Error, OSError, JournalError, ThreadStopped) as exc:
             self._failed = JournalError(f"cannot write the journal {self._path}: {exc}")
             self._notify()
             raise self._failed from exc
@@ -305,7 +319,10 @@ class Journal:
                         conn.close()
                 self._writer = self._reader = None
 
-            await anyio.to_thread.run_sync(close, limiter=self._write_limiter)
+            with contextlib.suppress(ThreadStopped):  # closed already
+                await self._write_thread.run(close)
+            await self._write_thread.stop()
+            await self._read_thread.stop()
 
     # -- reads (worker threads, second connection) ----------------------------------
 
@@ -316,7 +333,9 @@ class Journal:
             return fn(self._reader)
 
         try:
-            return await anyio.to_thread.run_sync(call, limiter=self._read_limiter)
+            return await self._read_thread.run(call)
+        except ThreadStopped as exc:
+            raise JournalError(f"the journal {self._path} is closed") from exc
         except (sqlite3.Error, CorruptJournal) as exc:
             raise JournalError(f"cannot read the journal {self._path}: {exc}") from exc
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from clients.store.model import PathInfo, store_path_digest
 from tvixd.castore.urls import require_bare
@@ -25,10 +25,22 @@ class MemoryPathInfoService:
     async def get(self, digest: bytes) -> PathInfo | None:
         return self._infos.get(store_path_digest(digest, "digest"))
 
+    async def get_many(self, digests: Sequence[bytes]) -> list[PathInfo | None]:
+        """:meth:`get` of each digest, in order."""
+        return [self._infos.get(store_path_digest(digest, "digest")) for digest in digests]
+
     async def put(self, info: PathInfo) -> PathInfo:
         info.validate()
         self._infos[info.digest] = info
         return info
+
+    async def put_many(self, infos: Sequence[PathInfo]) -> list[PathInfo]:
+        """:meth:`put` of each (all validated before any is stored)."""
+        for info in infos:
+            info.validate()
+        for info in infos:
+            self._infos[info.digest] = info
+        return list(infos)
 
     async def list(self) -> AsyncIterator[PathInfo]:
         for info in list(self._infos.values()):

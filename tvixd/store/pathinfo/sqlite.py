@@ -13,6 +13,13 @@ the wrong key.
 The table is called ``path_infos_v1`` (the schema version is in its name), so
 the file may be shared with other tables, e.g. the castore's directories.
 
+``get_many`` answers many digests in one query (and one hand-over to the
+database thread): the coordinator looks up every derivation's outputs that
+way (:func:`tvixd.store.pathinfo.many.get_many`); ``put_many`` puts a
+derivation's outputs in one transaction.  Puts queued together (from
+concurrent pushes) share a transaction too (``tvixd.sqlite.Database``'s
+group commit); none is answered before its commit.
+
 ``list`` pages through the table in digest order, a bounded number of rows
 per worker-thread call, so it never loads the whole table and never holds a
 cursor across an ``await``; rows put while a listing runs may or may not
@@ -26,7 +33,7 @@ SQLite never blocks the event loop.  A started call is not cancellable.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from clients.castore.model import DirectoryNode, FileNode, Node, SymlinkNode
@@ -39,6 +46,8 @@ from tvixd.sqlite import Database
 
 TABLE = "path_infos_v1"
 LIST_PAGE_SIZE = 256
+GET_MANY_CHUNK = 256
+"""Digests per ``SELECT … WHERE digest IN (…)`` of :meth:`SqlitePathInfoService.get_many`."""
 
 
 def _create(conn: sqlite3.Connection) -> None:
@@ -151,6 +160,30 @@ class SqlitePathInfoService:
         data = await self._db.run(query)
         return None if data is None else self._decode(d, data)
 
+    async def get_many(self, digests: Sequence[bytes]) -> list[PathInfo | None]:
+        """:meth:`get` of each digest, in order, in one call on the database thread.
+
+        ``InvalidRequest`` when any digest is malformed; ``StorageError`` when
+        the query fails or any stored path info among them is corrupt.
+        """
+        wanted = [store_path_digest(digest, "digest") for digest in digests]
+        distinct = list(dict.fromkeys(wanted))
+
+        def query(conn: sqlite3.Connection) -> dict[bytes, bytes]:
+            found: dict[bytes, bytes] = {}
+            for start in range(0, len(distinct), GET_MANY_CHUNK):
+                chunk = distinct[start : start + GET_MANY_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT digest, data FROM {TABLE} WHERE digest IN ({marks})", chunk
+                ).fetchall()
+                found.update((bytes(digest), bytes(data)) for digest, data in rows)
+            return found
+
+        rows = await self._db.run(query) if distinct else {}
+        infos = {digest: self._decode(digest, data) for digest, data in rows.items()}
+        return [infos.get(digest) for digest in wanted]
+
     async def put(self, info: PathInfo) -> PathInfo:
         info.validate()
         row = (info.digest, encode(info))
@@ -160,6 +193,19 @@ class SqlitePathInfoService:
 
         await self._db.write(insert)
         return info
+
+    async def put_many(self, infos: Sequence[PathInfo]) -> list[PathInfo]:
+        """:meth:`put` of each, in one transaction (all or nothing, one fsync); validated first."""
+        for info in infos:
+            info.validate()
+        rows = [(info.digest, encode(info)) for info in infos]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.executemany(f"INSERT OR REPLACE INTO {TABLE} (digest, data) VALUES (?, ?)", rows)
+
+        if rows:
+            await self._db.write(insert)
+        return list(infos)
 
     async def list(self) -> AsyncIterator[PathInfo]:
         def page(after: bytes) -> Callable[[sqlite3.Connection], list[tuple[bytes, bytes]]]:
