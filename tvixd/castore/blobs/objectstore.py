@@ -18,15 +18,21 @@ files, most a few KiB):
   and each group is one call on a worker thread that hashes every blob, skips
   the ones already present (nothing is written for them), writes the others,
   then fsyncs them, names them, and fsyncs each fan-out directory once for
-  the group; :data:`PUT_CALLS` groups run at a time (the fsync parallelism);
-* concurrent ``stat``/``has`` calls are grouped the same way;
+  the group; :data:`PUT_CALLS` groups run at a time (the fsync parallelism),
+  each on one of as many dedicated threads (a cheaper hand-over than
+  ``anyio.to_thread``);
+* ``stat``/``has`` and the opening of a blob run on one dedicated reader
+  thread; a blob of at most :data:`SMALL_READ` bytes is read whole (and
+  hashed) in that same call, so reading it back costs one hand-over;
 * a larger blob streams into its temp file while being hashed; when it turns
-  out to be present already, the temp file is dropped without an fsync.
+  out to be present already, the temp file is dropped without an fsync;
+  a larger blob is read one chunk per ``anyio.to_thread`` call.
 
 All file I/O and hashing run on worker threads; a thread call is not
 cancellable once started, so cancellation never tears a write (a put
 cancelled while its group is being stored may still store its blob, whole),
 and a failed or cancelled streaming put removes its temp file (shielded).
+:meth:`ObjectStoreBlobService.close` ends the dedicated threads.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar
 
@@ -49,12 +56,13 @@ from clients.castore.streams import CHUNK_SIZE, BlobReader, rechunk
 from clients.errors import StorageError
 from clients.store.sink import BlobSink
 from tvixd.castore.urls import local_path
+from tvixd.sqlite import SerialThread, ThreadStopped
 
 STALE_TEMP_SECONDS = 24 * 3600
 #: Grouped small puts: thread calls at a time (= file fsyncs in parallel), blobs per call at most.
 PUT_CALLS, PUT_GROUP = 8, 16
-#: Grouped ``stat``/``has``: the same.
-STAT_CALLS, STAT_GROUP = 1, 64
+#: Blobs at most this large are read whole when opened (one call on the reader thread).
+SMALL_READ = 64 * 1024
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _In = TypeVar("_In")
@@ -86,13 +94,22 @@ class _Grouped(Generic[_In, _Out]):
     caller (which then runs a group of its own), so the queue drains in
     groups however many callers there are, with one thread hop per group.
     ``fn`` returns one outcome per item: the result, or an ``Exception``
-    instance raised to that item's caller alone.
+    instance raised to that item's caller alone.  ``threads``: one dedicated
+    thread per concurrent call (at least ``calls``; cheaper hand-overs than
+    ``anyio.to_thread``, which is used without them).
     """
 
     def __init__(
-        self, fn: Callable[[list[_In]], list[_Out | Exception]], calls: int, size: int
+        self,
+        fn: Callable[[list[_In]], list[_Out | Exception]],
+        calls: int,
+        size: int,
+        threads: list[SerialThread] | None = None,
     ) -> None:
+        if threads is not None and len(threads) < calls:
+            raise ValueError(f"{calls} calls at a time need as many threads, not {len(threads)}")
         self._fn = fn
+        self._threads = threads
         self._free = calls
         self._size = size
         self._queue: deque[_Request[_In, _Out]] = deque()
@@ -127,7 +144,7 @@ class _Grouped(Generic[_In, _Out]):
         failure: BaseException | None = None
         try:
             with anyio.CancelScope(shield=True):  # the grouped callers wait for these outcomes
-                outcomes = await anyio.to_thread.run_sync(self._fn, [r.item for r in batch])
+                outcomes = await self._call([r.item for r in batch])
         except BaseException as exc:
             failure = exc
             raise
@@ -142,6 +159,17 @@ class _Grouped(Generic[_In, _Out]):
                 )
                 if request.event is not None:
                     request.event.set()
+
+    async def _call(self, items: list[_In]) -> list[_Out | Exception]:
+        if self._threads is None:
+            return await anyio.to_thread.run_sync(self._fn, items)
+        thread = self._threads.pop()  # one is free: calls at a time <= threads
+        try:
+            return await thread.run(partial(self._fn, items))
+        except ThreadStopped as exc:
+            raise StorageError(f"the blob store is closed: {exc}") from exc
+        finally:
+            self._threads.append(thread)
 
     def _hand_over(self) -> None:
         if self._queue:
@@ -202,8 +230,10 @@ class ObjectStoreBlobService:
         self._root = root
         self._tmp = root / "tmp"
         self._anonymous = False  # O_TMPFILE + linkat work here (probed by open)
-        self._put_small = _Grouped(self._store_small, PUT_CALLS, PUT_GROUP)
-        self._stat = _Grouped(self._stat_many, STAT_CALLS, STAT_GROUP)
+        # small puts, each group on one of these (started when first needed, most recent first)
+        self._putters = [SerialThread(f"blob-put-{i} {root}") for i in range(PUT_CALLS)]
+        self._put_small = _Grouped(self._store_small, PUT_CALLS, PUT_GROUP, list(self._putters))
+        self._reader = SerialThread(f"blob-read {root}")  # stat/has, small reads
 
     @classmethod
     async def open(cls, root: Path) -> ObjectStoreBlobService:
@@ -270,29 +300,45 @@ class ObjectStoreBlobService:
         name = B3Digest(digest).hex()
         return self._root / name[:2] / name
 
+    def _name(self, digest: B3Digest) -> str:
+        """:meth:`path` as a string (cheaper)."""
+        name = digest.hex()
+        return f"{self._root}/{name[:2]}/{name}"
+
     async def stat(self, digest: bytes) -> int | None:
-        return await self._stat(B3Digest(digest))
+        path = self._name(B3Digest(digest))
+        try:
+            return await self._reader.run(partial(_size, path))
+        except (OSError, ThreadStopped) as exc:
+            raise StorageError(f"cannot stat blob {path}: {exc}") from exc
 
     async def has(self, digest: bytes) -> bool:
         return await self.stat(digest) is not None
 
-    def _stat_many(self, digests: list[B3Digest]) -> list[int | Exception | None]:
-        out: list[int | Exception | None] = []
-        root = str(self._root)
-        for digest in digests:
-            name = digest.hex()
-            path = f"{root}/{name[:2]}/{name}"
-            try:
-                out.append(os.stat(path).st_size)
-            except FileNotFoundError:
-                out.append(None)
-            except OSError as exc:
-                out.append(StorageError(f"cannot stat blob {path}: {exc}"))
-        return out
-
     async def open_read(self, digest: bytes) -> BlobReader | None:
         d = B3Digest(digest)
-        path = self.path(d)
+        path = self._name(d)
+        try:
+            small = await self._reader.run(partial(_read_small, path))
+        except FileNotFoundError:
+            return None
+        except (OSError, ThreadStopped) as exc:
+            raise StorageError(f"cannot read blob {path}: {exc}") from exc
+        if small is None:  # larger than SMALL_READ: streamed
+            return await self._open_stream(d, path)
+        data, actual = small
+
+        async def whole() -> AsyncIterator[bytes]:
+            if data:
+                yield data
+            if actual != d:
+                raise StorageError(
+                    f"blob file {path} is corrupt: its contents hash to {actual.hex()}"
+                )
+
+        return BlobReader(whole(), description=path)
+
+    async def _open_stream(self, d: B3Digest, path: str) -> BlobReader | None:
         try:
             with anyio.CancelScope(shield=True):  # a cancelled open must not leak the file
                 file: BinaryIO = await anyio.to_thread.run_sync(open, path, "rb")
@@ -325,7 +371,7 @@ class ObjectStoreBlobService:
         async def close() -> None:
             await anyio.to_thread.run_sync(file.close)
 
-        return BlobReader(chunks(), close, description=str(path))
+        return BlobReader(chunks(), close, description=path)
 
     async def put(self, chunks: AsyncIterable[bytes]) -> B3Digest:
         pieces = rechunk(chunks)
@@ -487,7 +533,44 @@ class ObjectStoreBlobService:
             os.close(dir_fd)
 
     async def close(self) -> None:
-        """Nothing held open between calls."""
+        """End the reader thread (after the calls queued); later reads and stats raise ``StorageError``.
+
+        No file is held open between calls.
+        """
+        for thread in (self._reader, *self._putters):
+            await thread.stop()
+
+
+def _size(path: str) -> int | None:
+    """The size of the file at ``path``; None when absent (reader thread)."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _read_small(path: str) -> tuple[bytes, bytes] | None:
+    """(contents, their blake3 digest) of the file at ``path`` when at most :data:`SMALL_READ` bytes.
+
+    None when it is larger (then it is streamed); ``FileNotFoundError`` when
+    absent.  Reads to the end (at most ``SMALL_READ + 1`` bytes are held), so
+    a file that grew since ``fstat`` is streamed too.  Runs on the reader thread.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size > SMALL_READ:
+            return None
+        parts: list[bytes] = []
+        total = 0
+        while piece := os.read(fd, SMALL_READ + 1 - total):
+            parts.append(piece)
+            total += len(piece)
+            if total > SMALL_READ:
+                return None
+    finally:
+        os.close(fd)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)  # b"" when empty
+    return data, blake3.blake3(data).digest()
 
 
 def link_fd(fd: int, name: str, dir_fd: int) -> None:
