@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ __all__ = [
     "CastoreNarCalculator",
     "NarCalculatorImpl",
     "NarImport",
+    "NarMemo",
+    "file_nar",
     "import_nar",
     "import_nar_file",
     "render_nar",
@@ -197,18 +200,103 @@ async def render_nar(
         yield data
 
 
-class CastoreNarCalculator:
-    """``NarCalculator`` over a castore: renders the NAR and hashes it, off the loop when large."""
+def file_nar(contents: bytes, executable: bool = False) -> tuple[int, bytes]:
+    """``(nar_size, nar_sha256)`` of a NAR holding one regular file with ``contents``."""
+    hasher = hashlib.sha256()
+    writer = NarWriter(hasher.update)
+    writer.regular(executable, len(contents), (contents,))
+    return writer.finish(), hasher.digest()
 
-    def __init__(self, blobs: BlobService, directories: DirectoryService) -> None:
+
+def _memo_key(node: Node) -> tuple[object, ...] | None:
+    """What a node's NAR is a function of (its name aside); ``None``: not memoised."""
+    if isinstance(node, FileNode):
+        return (0, node.digest, node.size, node.executable)
+    if isinstance(node, DirectoryNode):
+        return (1, node.digest, node.size)
+    return None  # a symlink's NAR is cheap to render: no lookups
+
+
+class NarMemo:
+    """A bounded LRU of ``(nar_size, nar_sha256)`` by castore node (names ignored).
+
+    Sound because the NAR of a castore node is a function of the node: a
+    file's digest, size and executable bit, a directory's digest (which
+    covers its whole tree).  Whoever just rendered or ingested a tree fills
+    it (an in-process builder's output ingestion, the calculator itself), so
+    the push does not read back and re-hash what was just written.  It does
+    not check that the contents are still present: an entry says what the
+    NAR *is*, not that the castore still holds it.  Holds at most
+    ``capacity`` entries (~200 bytes each); the least recently used go first.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        if capacity < 1:
+            raise ValueError(f"NarMemo capacity must be at least 1, got {capacity}")
+        self._capacity = capacity
+        self._entries: OrderedDict[tuple[object, ...], tuple[int, bytes]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"NarMemo({len(self._entries)}/{self._capacity})"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, node: Node) -> tuple[int, bytes] | None:
+        """The memoised ``(nar_size, nar_sha256)`` of ``node``, or ``None``."""
+        key = _memo_key(node)
+        if key is None:
+            return None
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, node: Node, nar_size: int, nar_sha256: bytes) -> None:
+        """Remember ``node``'s NAR (the caller computed it from the node's contents)."""
+        key = _memo_key(node)
+        if key is None:
+            return
+        self._entries[key] = (nar_size, nar_sha256)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def put_file(self, node: FileNode, contents: bytes) -> None:
+        """Remember the NAR of file ``node`` whose contents are ``contents`` (small files)."""
+        if len(contents) != node.size:
+            raise ValueError(f"{node!r} has {node.size} bytes, the contents {len(contents)}")
+        self.put(node, *file_nar(contents, node.executable))
+
+
+class CastoreNarCalculator:
+    """``NarCalculator`` over a castore: renders the NAR and hashes it, off the loop when large.
+
+    With a :class:`NarMemo`, a node found there is answered from it, and
+    every result computed is added to it.
+    """
+
+    def __init__(
+        self, blobs: BlobService, directories: DirectoryService, memo: NarMemo | None = None
+    ) -> None:
         self._blobs = blobs
         self._directories = directories
+        self.memo = memo
 
     def __repr__(self) -> str:
         return f"CastoreNarCalculator({self._blobs!r}, {self._directories!r})"
 
     async def calculate_nar(self, node: Node) -> tuple[int, bytes]:
         """``(nar_size, nar_sha256)`` of the tree ``node`` points to (its name is ignored)."""
+        memo = self.memo
+        if memo is not None and (found := memo.get(node)) is not None:
+            return found
+        size, digest = await self._render_and_hash(node)
+        if memo is not None:
+            memo.put(node, size, digest)
+        return size, digest
+
+    async def _render_and_hash(self, node: Node) -> tuple[int, bytes]:
         hasher = hashlib.sha256()
         size = 0
         async for chunk in render_nar(node, self._blobs, self._directories):

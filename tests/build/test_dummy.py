@@ -9,8 +9,10 @@ from clients.build.errors import BuildFailed
 from clients.build.model import BuildConstraints, BuildRequest, EnvVar
 from clients.castore.model import FileNode
 from clients.castore.streams import read_blob
+from clients.store.nar import CastoreNarCalculator
 from tvixd.build.dummy import FAIL_VARIABLE, DummyBuildService
 from tvixd.castore.blobs.memory import MemoryBlobService
+from tvixd.castore.directories.memory import MemoryDirectoryService
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,6 +41,19 @@ async def test_success_puts_one_file_per_output() -> None:
         assert await read_blob(blobs, node.digest) == f"dummy output /{output}\n".encode()
     assert build.outputs_needles == ((), ())
     assert len(lines) == 1
+
+
+async def test_outputs_nars_are_remembered_as_rendered() -> None:
+    blobs = MemoryBlobService()
+    builder = DummyBuildService(blobs)
+    build = await builder.build(request())
+    calculator = CastoreNarCalculator(blobs, MemoryDirectoryService())
+    for node in build.outputs:
+        assert builder.nar_memo.get(node) == await calculator.calculate_nar(node)
+    assert len(builder.nar_memo) == len(build.outputs)
+    unstored = DummyBuildService()  # nothing stored: nothing remembered
+    await unstored.build(request())
+    assert len(unstored.nar_memo) == 0
 
 
 async def test_failure_on_request() -> None:

@@ -54,6 +54,8 @@ async def test_drv_path_errors(evaluator: NixEvaluator, project: Path, tmp_path:
     # well-formed, but not a derivation's own text: Nix adds it as a source
     sorted_env = b'Derive([("out","","","")],[],[],"x","/b",[],[("name","q"),("out","")])'
     copied = await anyio.to_thread.run_sync(add_to_store, tmp_path, "copy.drv", sorted_env)
+    # the name the derivation would have, but a source's path, not the text path of its bytes
+    same_name = await anyio.to_thread.run_sync(add_to_store, tmp_path, "q.drv", sorted_env)
     missing = "/nix/store/00000000000000000000000000000000-missing.drv"
     cases = [
         ("relative/x.drv", r"'relative/x.drv' is not a derivation store path"),
@@ -63,6 +65,7 @@ async def test_drv_path_errors(evaluator: NixEvaluator, project: Path, tmp_path:
         (missing, f"derivation {missing} does not exist in the local Nix store"),
         (garbage, f"{garbage} is not a valid derivation: .*at byte 57: unsorted env key 'name'"),
         (copied, f"{copied} is not a valid derivation: its contents are the derivation .*-q.drv"),
+        (same_name, f"{same_name} is not a valid derivation: its contents are the derivation "),
     ]
     assert source == "/bin/sh"
     for value, message in cases:

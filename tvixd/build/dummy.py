@@ -7,7 +7,9 @@ It succeeds or fails on request, deterministically:
   failing derivations in plain Nix code; ``fail_all`` fails everything;
 * otherwise each output becomes a regular file holding
   ``dummy output /<output path>\\n`` (put into the blob service when one is
-  given, so the result can be pushed like a real one); no needles are found.
+  given, so the result can be pushed like a real one); no needles are found;
+  each output's NAR goes into ``nar_memo`` (a :class:`NarMemo` a push in the
+  same process can answer from instead of reading the blob back).
 
 It sends one log line per build (``dummy build of /<outputs>``), and waits
 ``delay`` seconds first (cancellable), so tests can observe running builds.
@@ -24,6 +26,7 @@ from clients.build.protocols import LogSink
 from clients.castore.model import B3Digest, FileNode
 from clients.castore.protocols import BlobService
 from clients.castore.streams import put_bytes
+from clients.store.nar import NarMemo
 
 __all__ = ["FAIL_VARIABLE", "DummyBuildService"]
 
@@ -34,9 +37,15 @@ class DummyBuildService:
     """``BuildService`` that only pretends; see the module docstring."""
 
     def __init__(
-        self, blobs: BlobService | None = None, *, fail_all: bool = False, delay: float = 0.0
+        self,
+        blobs: BlobService | None = None,
+        *,
+        fail_all: bool = False,
+        delay: float = 0.0,
+        nar_memo: NarMemo | None = None,
     ) -> None:
         self._blobs = blobs
+        self.nar_memo = nar_memo if nar_memo is not None else NarMemo()
         self.fail_all = fail_all
         self.delay = delay
         self.builds = 0
@@ -60,7 +69,10 @@ class DummyBuildService:
             digest = B3Digest.of(data)
             if self._blobs is not None:
                 digest = await put_bytes(self._blobs, data)
-            nodes.append(FileNode(output.rsplit("/", 1)[-1].encode(), digest, len(data)))
+            node = FileNode(output.rsplit("/", 1)[-1].encode(), digest, len(data))
+            if self._blobs is not None:
+                self.nar_memo.put_file(node, data)
+            nodes.append(node)
         return Build(request, tuple(nodes), tuple(() for _ in nodes))
 
     async def close(self) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from clients.build.model import (
     AdditionalFile,
@@ -44,7 +45,7 @@ from clients.errors import InvalidRequest
 from clients.store.model import with_name
 from nixcompat import nixbase32
 from nixcompat.derivation import Derivation
-from nixcompat.storepath import StorePath, hash_placeholder
+from nixcompat.storepath import STORE_DIR, StorePath, hash_placeholder
 from tvixd.build.structured import attrs_files
 
 __all__ = [
@@ -77,6 +78,8 @@ NIX_ENVIRONMENT_VARS: Mapping[str, str] = {
 """The sandbox variables upstream Tvix sets (``NIX_BUILD_CORES`` is overridable)."""
 
 _WHITESPACE = " \t\n\r"
+_PREFIX = STORE_DIR + "/"
+_PREFIX_LEN = len(_PREFIX)
 
 
 def pass_as_file_path(name: str) -> str:
@@ -95,6 +98,15 @@ def _store_path(value: StorePath | str) -> StorePath:
     return StorePath.parse_basename(value)
 
 
+def _known(value: str, inputs: Mapping[str, StorePath]) -> StorePath:
+    """``value`` parsed, or the equal path among ``inputs`` (by basename) without parsing."""
+    if value.startswith(_PREFIX):
+        found = inputs.get(value[_PREFIX_LEN:])
+        if found is not None:
+            return found
+    return _store_path(value)
+
+
 def refscan_candidates(
     drv: Derivation,
     inputs: Iterable[StorePath | str] = (),
@@ -111,7 +123,8 @@ def _candidates(
 ) -> tuple[StorePath, ...]:
     """:func:`refscan_candidates` with the inputs by basename."""
     paths = [_store_path(out.path) for _, out in sorted(drv.outputs.items())]
-    paths += [_store_path(p) for p in drv.input_sources]
+    # input sources are among the inputs (already parsed): look them up by basename
+    paths += [_known(p, inputs) for p in drv.input_sources]
     paths += [_store_path(p) for p in drv.input_derivations]
     if not upstream_needles:
         listed = {path.basename for path in paths}
@@ -126,13 +139,22 @@ def _named(node: Node, name: bytes) -> Node:
     return node if node.name == name else with_name(node, name)
 
 
+_COMMON_PLACEHOLDERS: Mapping[str, bytes] = MappingProxyType(
+    {name: hash_placeholder(name).encode() for name in ("out", "dev", "bin", "lib", "doc", "man")}
+)
+"""Placeholders of the usual output names, computed once (a sha256 and nixbase32 each)."""
+
+
+def _placeholder(name: str) -> bytes:
+    found = _COMMON_PLACEHOLDERS.get(name)
+    return found if found is not None else hash_placeholder(name).encode()
+
+
 class _Rewriter:
     """Nix's ``rewriteStrings`` with the output placeholders → output paths."""
 
     def __init__(self, drv: Derivation) -> None:
-        self.pairs = [
-            (hash_placeholder(n).encode(), o.path.encode()) for n, o in drv.outputs.items()
-        ]
+        self.pairs = [(_placeholder(n), o.path.encode()) for n, o in drv.outputs.items()]
 
     def __call__(self, data: bytes) -> bytes:
         for old, new in self.pairs:
@@ -235,7 +257,7 @@ def translate(
         paths[name] = path
         nodes[name] = node
     for src in drv.input_sources:
-        if _store_path(src).basename not in paths:
+        if _known(src, paths).basename not in paths:
             raise InvalidRequest(f"input source {src} has no castore node among the inputs")
     rewrite = _Rewriter(drv)
     command_args = [_utf8(drv.builder.encode("utf-8", "surrogateescape"), "builder")]

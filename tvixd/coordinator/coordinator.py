@@ -27,7 +27,7 @@ import anyio.to_thread
 from clients.build.protocols import BuildService
 from clients.castore.protocols import BlobService, DirectoryService
 from clients.errors import InvalidRequest, NotFound
-from clients.store.nar import CastoreNarCalculator
+from clients.store.nar import CastoreNarCalculator, NarMemo
 from clients.store.protocols import PathInfoService
 from fsm import DerivationRecord, JobState
 from nixcompat.signing import SigningKey
@@ -68,6 +68,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _nar_memo(builder: BuildService) -> NarMemo:
+    """The builder's ``nar_memo`` when it has one (an in-process builder), else a new one.
+
+    An in-process builder that ingested its outputs knows their NARs; the
+    push answers from that memo instead of reading each output back.
+    """
+    memo = getattr(builder, "nar_memo", None)
+    return memo if isinstance(memo, NarMemo) else NarMemo()
+
+
 class Coordinator:
     """Runs jobs: evaluation, lookup, build and push over one shared derivation graph."""
 
@@ -100,7 +110,7 @@ class Coordinator:
             blobs=blobs,
             directories=directories,
             pathinfos=pathinfos,
-            nar=CastoreNarCalculator(blobs, directories),
+            nar=CastoreNarCalculator(blobs, directories, _nar_memo(builder)),
             signing_key=signing_key,
         )
         self._realiser = Realiser(

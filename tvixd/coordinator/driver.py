@@ -311,7 +311,10 @@ class NodeDriver:
         node.pending_inputs = 0
         failed: Node | None = None
         for path, outputs in drv.input_derivations.items():
-            child = self.node(StorePath.from_absolute_path(path))
+            # the common case, a known node, without parsing (its key is the canonical path)
+            child = self.graph.get(path)
+            if child is None:
+                child = self.node(StorePath.from_absolute_path(path))
             self.graph.link(node, child, outputs)
             for job_id in sorted(node.jobs):
                 self.attach(self.runs[job_id], child)

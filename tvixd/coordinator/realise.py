@@ -17,7 +17,7 @@ import anyio
 from clients.build.model import Build
 from clients.build.protocols import BuildService, LogSink
 from nixcompat.storepath import StorePath
-from tvixd.build.translate import derivation_to_build_request, refscan_candidates
+from tvixd.build.translate import translate
 from tvixd.coordinator.graph import Node
 from tvixd.coordinator.inputs import InputResolver
 from tvixd.coordinator.push import Pusher
@@ -79,10 +79,9 @@ class Realiser:
                 outputs = child.output_paths()
                 used[child.drv_path] = tuple(outputs[name] for name in names)
             closure = await self._inputs.for_derivation(drv, used)
-            request = derivation_to_build_request(drv, closure, build_cores=self._build_cores)
-            candidates = refscan_candidates(drv, closure)
-            build = await self._builder.build(request, on_log=on_log)
-        return Built(build, candidates)
+            translation = translate(drv, closure, build_cores=self._build_cores)
+            build = await self._builder.build(translation.request, on_log=on_log)
+        return Built(build, translation.candidates)
 
     async def push(self, node: Node, built: Built) -> None:
         """Put the path infos of ``built``'s outputs (see :mod:`tvixd.coordinator.push`)."""

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable, Sequence
@@ -29,7 +30,7 @@ from clients.store.model import PathInfo
 from clients.store.protocols import PathInfoService
 from nixcompat.derivation import Derivation
 from nixcompat.errors import NixCompatError
-from nixcompat.storepath import StorePath
+from nixcompat.storepath import StorePath, make_store_path
 from tvixd.eval.instantiate import clean_stderr, instantiate_argv, parse_output_line
 from tvixd.eval.process import ToolFailed, run_lines
 from tvixd.eval.protocol import (
@@ -61,6 +62,8 @@ def load_derivation(drv_path: StorePath) -> Derivation:
         raise DerivationFileError(f"cannot read derivation {drv_path}: {exc}") from exc
     try:
         drv = Derivation.from_aterm(data)
+        if _names_itself(drv, data, drv_path):
+            return drv
         actual = drv.drv_path()
     except NixCompatError as exc:
         raise DerivationFileError(f"{drv_path} is not a valid derivation: {exc}") from exc
@@ -69,6 +72,21 @@ def load_derivation(drv_path: StorePath) -> Derivation:
             f"{drv_path} is not a valid derivation: its contents are the derivation {actual}"
         )
     return drv
+
+
+def _names_itself(drv: Derivation, data: bytes, drv_path: StorePath) -> bool:
+    """Whether ``data`` (parsed as ``drv``) is exactly what ``drv_path`` commits to.
+
+    The text path over the file's own bytes, references sorted as strings
+    (for valid store paths the order of ``StorePath``): no re-serialisation
+    and no reference parsing.  ``False`` is not a verdict — the caller then
+    checks the slow way, ``drv.drv_path()``, which names the mismatch.
+    """
+    if drv.name + ".drv" != drv_path.name:
+        return False
+    refs = sorted({*drv.input_sources, *drv.input_derivations})
+    inner = hashlib.sha256(data).digest()
+    return make_store_path(":".join(["text", *refs]), inner, drv_path.name) == drv_path
 
 
 def _absolute_file(file: Path) -> Path:
