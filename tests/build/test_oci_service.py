@@ -10,6 +10,7 @@ import pytest
 
 from clients.build.model import BuildConstraints
 from clients.errors import InvalidRequest
+from clients.store.nar import CastoreNarCalculator
 from nixcompat.storepath import StorePath
 from tests.build.helpers import Store, read_output_file, sh_derivation
 from tests.conftest import require_tool
@@ -189,3 +190,20 @@ async def test_builds_sharing_a_root_file_system_see_only_their_own_mountpoints(
     assert set(roots[1].split()) == set(roots[0].split()) | {b"usr"}
     shared = [p.name for p in (tmp_path / "state" / "builds").iterdir() if p.name[:5] == "root-"]
     assert len(shared) == 2
+
+
+async def test_outputs_nar_hashes_are_memoised_exactly(
+    builder: OciBuildService, store: Store, busybox: StorePath
+) -> None:
+    """Each output's NAR size and sha256 are remembered for the push, equal to a render from the
+    castore: a small file, an executable one and a directory (the general ingest)."""
+    script = (
+        "echo small > $out; printf '#!/bin/sh\\n' > $exe; chmod +x $exe;"
+        " mkdir -p $dir/sub; echo nested > $dir/sub/f; ln -s sub/f $dir/link"
+    )
+    drv = sh_derivation("memo", script, busybox, outputs=("out", "exe", "dir"))
+    build = await store.build(builder, drv)
+    assert len(build.outputs) == 3
+    fresh = CastoreNarCalculator(store.blobs, store.directories)  # no memo: renders the NAR
+    for node in build.outputs:
+        assert builder.nar_memo.get(node) == await fresh.calculate_nar(node)

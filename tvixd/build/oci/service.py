@@ -53,6 +53,7 @@ from clients.castore.protocols import BlobService, DirectoryService
 from clients.castore.streams import put_bytes
 from clients.errors import InvalidRequest
 from clients.store.ingest import ingest_path
+from clients.store.nar import NarMemo, file_nar
 from nixcompat.nar import NarError
 from tvixd.build.oci.bundle import Bundle, SandboxConfig, prepare_bundle, store_entries
 from tvixd.build.oci.farm import Tree, same_file_system
@@ -156,6 +157,8 @@ class OciBuildService:
         self.systems = frozenset(default_systems() if config.systems is None else config.systems)
         self._link_limit = config.link_limit
         self._stores = StoreDirPool(state_dir / "builds")
+        self.nar_memo = NarMemo()
+        """The NAR size and sha256 of every output stored (an in-process push reads them here)."""
 
     @classmethod
     async def open(
@@ -354,12 +357,16 @@ class OciBuildService:
         node, called ``name``."""
         if small is None:
             ingested = await ingest_path(host, self._blobs, self._directories, name=name)
+            self.nar_memo.put(ingested.node, ingested.nar_size, ingested.nar_sha256)
             return ingested.node
         if small.target is not None:
             return SymlinkNode(name, small.target)
         assert small.contents is not None
         digest = await put_bytes(self._blobs, small.contents)
-        return FileNode(name, digest, len(small.contents), small.executable)
+        node = FileNode(name, digest, len(small.contents), small.executable)
+        nar = await anyio.to_thread.run_sync(file_nar, small.contents, small.executable)
+        self.nar_memo.put(node, *nar)
+        return node
 
 
 def _clean_up(bundle_dir: Path, store: StoreDir | None) -> bool:
