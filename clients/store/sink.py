@@ -16,6 +16,7 @@ whose contents are not durable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import blake3
@@ -28,8 +29,17 @@ Buffer = bytes | bytearray | memoryview
 class LargeBlobWriter(Protocol):
     """One blob too large to hold in memory, written chunk by chunk (same thread as the sink)."""
 
-    def write(self, data: Buffer) -> None:
-        """Append ``data``; it is no longer used when this returns (the buffer may be reused).
+    def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
+        """Append ``data``.
+
+        Without ``release``, ``data`` is no longer used when this returns (the
+        buffer may be reused).  With it, the writer may keep using ``data``
+        after returning (a write still in flight) and calls ``release()``
+        exactly once, from any thread, when it is done with it — also when
+        the write fails or the blob is discarded.  Every release has been
+        called by the time :meth:`discard` or the sink's ``flush`` returns
+        (a backend may still be writing after :meth:`finish`; its write
+        errors then surface from a later sink call or ``flush``).
 
         Page-aligned, writable buffers whose lengths are multiples of 4096
         let a backend write without copying through the page cache.
@@ -92,9 +102,13 @@ class _HashingLarge:
         self._hasher = blake3.blake3()
         self._size = 0
 
-    def write(self, data: Buffer) -> None:
-        self._hasher.update(data)
-        self._size += len(data)
+    def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
+        try:
+            self._hasher.update(data)
+            self._size += len(data)
+        finally:
+            if release is not None:
+                release()
 
     def finish(self) -> B3Digest:
         self._sink.count(self._size)

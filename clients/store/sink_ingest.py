@@ -68,7 +68,7 @@ from nixcompat.nar import NarError, NarWriter
 
 __all__ = ["LARGE_CHUNK", "ingest_with_sink"]
 
-_POOL = 6  # large-chunk buffers
+_POOL = 8  # large-chunk buffers (up to 3 of them in writes in flight)
 _QUEUE = 8  # items between walker and store thread
 _BATCH_FILES, _BATCH_BYTES = 256, CHUNK_SIZE  # small files per item
 _STEP_FILES, _STEP_BYTES = 1024, 64 * CHUNK_SIZE  # walker work per thread call

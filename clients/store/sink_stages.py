@@ -70,6 +70,7 @@ class Stage:
     ) -> None:
         self.inbox, self.outbox, self.pool = inbox, outbox, pool
         self.error: BaseException | None = None
+        self.kept = False  # set by ``handle``: the chunk's buffer goes back to the pool later
 
     def handle(self, item: tuple[Any, ...]) -> None:
         raise NotImplementedError
@@ -80,6 +81,7 @@ class Stage:
     def run(self) -> None:
         while (item := self.inbox.get()) is not None:
             forward = self.outbox is not None and item[0] != NAR
+            self.kept = False
             try:
                 if self.error is None:
                     self.handle(item)
@@ -90,7 +92,7 @@ class Stage:
                 if forward and self.error is None:
                     assert self.outbox is not None
                     self.outbox.put(item)
-                elif item[0] == CHUNK:
+                elif item[0] == CHUNK and not self.kept:
                     self.pool.put(item[1])
         self.cleanup()
         if self.outbox is not None:
@@ -137,16 +139,21 @@ class Store(Stage):
             for data in item[1]:
                 digests.append(put(data))
         elif kind == CHUNK:
-            with memoryview(item[1])[: item[2]] as view:
-                if isinstance(self._large, blake3.blake3):
+            if isinstance(self._large, blake3.blake3):
+                with memoryview(item[1])[: item[2]] as view:
                     self._large.update(view)
-                else:
-                    self._large.write(view)
+            else:
+                self._write_chunk(item[1], item[2])
         elif kind == BEGIN:
             self._file = item[1:]
             self._large = self.sink.begin() if self._write_first else blake3.blake3()
         else:
             self.digests.append(self._end_large())
+
+    def _write_chunk(self, buffer: mmap.mmap, n: int) -> None:
+        """Hand a chunk to the large-blob writer, which returns the buffer to the pool when done."""
+        self.kept = True  # ``write`` calls ``release`` in every case, also when it raises
+        self._large.write(memoryview(buffer)[:n], lambda: self.pool.put(buffer))
 
     def _end_large(self) -> B3Digest:
         large, self._large = self._large, None

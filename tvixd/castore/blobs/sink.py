@@ -2,7 +2,7 @@
 
 Used by the ingest from one worker thread (the caller): ``put`` hashes a
 small blob, skips it when present, and hands new ones in batches of
-:data:`CREATE_BATCH` to a *creator* thread, which writes each to its own
+:data:`CREATE_BATCH` to :data:`CREATORS` *creator* threads, which write each to its own
 anonymous temp file (``O_TMPFILE`` in ``<dir>/tmp``; a named ``put-*`` file
 there where that is unsupported) — file creation is the file system's most
 expensive step here and runs beside the caller's hashing.  What differs from
@@ -30,9 +30,15 @@ output of a few files) therefore stay with per-file fsyncs.
 
 Large blobs are hashed while they are written, with ``O_DIRECT`` when the
 chunks allow it (page-aligned, 4 KiB multiples): no copy through the page
-cache, which costs more CPU than hashing on a 2-core machine.  The write
-runs on a helper thread while the chunk is hashed.  A large blob found
-present at the end is dropped, never synced.  At most
+cache, which costs more CPU than hashing on a 2-core machine.  The writes
+run on helper threads, up to :data:`WRITES_IN_FLIGHT` chunks at a time
+when the caller passes a ``release`` callback (the caller's buffer comes
+back once its write and its hashing are done), so the caller hashes the
+next chunks while earlier ones are still being written; ``finish`` does not
+wait for the last writes — the creator thread that queues the file for its
+group does, so a file only joins a group (and is synced and named) once all
+its bytes are written.  A large blob found present at the end is dropped,
+never synced.  At most
 :data:`GROUPS_IN_FLIGHT` groups are committing at a time (open temp files
 are bounded by that and the open-file limit).
 """
@@ -45,6 +51,7 @@ import errno
 import fcntl
 import os
 import resource
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,6 +76,11 @@ GROUPS_IN_FLIGHT = 2
 #: Smaller groups are made durable file by file (``fsync``), not with a ``syncfs``:
 #: a build output of a few files should not wait for the whole file system's dirty data.
 SYNCFS_MIN_FILES = 64
+#: Chunk writes of a large blob in flight at most (one writer thread each): one synchronous
+#: ``O_DIRECT`` write at a time leaves the device's queue nearly empty.
+WRITES_IN_FLIGHT = 3
+#: Creator threads: creating an inode is mostly kernel CPU and lock waits; two keep pace.
+CREATORS = 2
 #: Small blobs per creator-thread call (count, bytes), and such calls queued at most.
 CREATE_BATCH, CREATE_BATCH_BYTES, CREATES_QUEUED = 64, 1 << 20, 4
 _ALIGN = 4096
@@ -111,8 +123,24 @@ class _Pending:
         self.temp, self.name, self.size = temp, name, size
 
 
+class _Both:
+    """Calls ``release`` on its second call (whichever of two threads finishes last)."""
+
+    __slots__ = ("_lock", "_pending", "_release")
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release, self._pending, self._lock = release, 2, threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self._release()
+
+
 class _Large:
-    """A streamed blob: hashed here while a helper thread writes the same chunk."""
+    """A streamed blob: hashed here while helper threads write its chunks (several in flight)."""
 
     def __init__(self, sink: ObjectStoreSink, temp: Temp) -> None:
         self._sink, self._temp = sink, temp
@@ -120,6 +148,7 @@ class _Large:
         self._size = 0
         self._direct = False
         self._handed = False
+        self._writing: deque[Future[None]] = deque()
         if _O_DIRECT:
             with contextlib.suppress(OSError):  # e.g. tmpfs: buffered writes then
                 flags = fcntl.fcntl(temp.fd, fcntl.F_GETFL)
@@ -131,33 +160,55 @@ class _Large:
         fcntl.fcntl(self._temp.fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
         self._direct = False
 
-    def _write(self, data: Buffer) -> None:
-        """Write ``data`` at the blob's end (helper thread); direct I/O when it can."""
-        if self._direct and not _aligned(data):
-            self._buffered()
+    def _write(self, data: Buffer, offset: int, release: Callable[[], None] | None) -> None:
+        """Write ``data`` at ``offset`` (helper thread); direct I/O when it can."""
         try:
-            _pwrite_all(self._temp.fd, data, self._size)
-        except OSError as exc:
-            if not (self._direct and exc.errno == errno.EINVAL):
-                raise
-            self._buffered()  # the device wants another alignment: rewrite it buffered
-            _pwrite_all(self._temp.fd, data, self._size)
-
-    def write(self, data: Buffer) -> None:
-        if self._temp.fd < 0 or self._handed:
-            raise StorageError("write to a finished or discarded blob")
-        writing = self._sink.writer.submit(self._write, data)
-        try:
-            self._hasher.update(data)
-        finally:
+            if self._direct and not _aligned(data):
+                self._buffered()  # later writes in flight may go buffered too: still correct
             try:
-                writing.result()
+                _pwrite_all(self._temp.fd, data, offset)
+            except OSError as exc:
+                if not (self._direct and exc.errno == errno.EINVAL):
+                    raise
+                self._buffered()  # the device wants another alignment: rewrite it buffered
+                _pwrite_all(self._temp.fd, data, offset)
+        finally:
+            if release is not None:
+                release()
+
+    def _wait(self, keep: int) -> None:
+        """Wait until at most ``keep`` writes are in flight; a failed one discards the blob."""
+        while len(self._writing) > keep:
+            try:
+                self._writing.popleft().result()
             except OSError as exc:
                 self.discard()
                 raise StorageError(f"cannot write a blob into {self._sink.tmp}: {exc}") from exc
+
+    def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
+        if self._temp.fd < 0 or self._handed:
+            if release is not None:
+                release()
+            raise StorageError("write to a finished or discarded blob")
+        done = None if release is None else _Both(release)  # the write and the hashing
+        try:
+            writing = self._sink.writer.submit(self._write, data, self._size, done)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        self._writing.append(writing)
         self._size += len(data)
+        try:
+            self._hasher.update(data)
+        finally:
+            if done is not None:
+                done()
+            # without ``release`` the caller may reuse ``data`` at once: wait for this write
+            self._wait(0 if release is None else WRITES_IN_FLIGHT - 1)
 
     def finish(self) -> B3Digest:
+        """The digest; the writes still in flight are awaited by a creator thread, not here."""
         digest = B3Digest(self._hasher.digest())
         if self._sink.has(digest):
             self.discard()
@@ -165,14 +216,31 @@ class _Large:
         sink = self._sink
         sink.accept(digest, self._size)
         try:
-            sink.to_creator(sink.add, self._temp, digest.hex(), self._size)
+            sink.to_creator(self._add, tuple(self._writing), digest.hex())
         except BaseException:
             self.discard()
             raise
-        self._handed = True  # the temp file belongs to the sink's group now
+        self._writing.clear()
+        self._handed = True  # the temp file belongs to the sink now
         return digest
 
+    def _add(self, writes: tuple[Future[None], ...], name: str) -> None:
+        """Creator thread: once its writes are done, the temp file joins the group."""
+        try:
+            for writing in writes:
+                writing.result()
+        except OSError as exc:
+            for writing in writes:
+                with contextlib.suppress(OSError):
+                    writing.result()
+            self._temp.close()
+            raise StorageError(f"cannot write blob {name} into {self._sink.tmp}: {exc}") from exc
+        self._sink.add(self._temp, name, self._size)
+
     def discard(self) -> None:
+        while self._writing:  # never close the descriptor under a write in flight
+            with contextlib.suppress(OSError):
+                self._writing.popleft().result()
         if not self._handed and (self._temp.fd >= 0 or self._temp.path is not None):
             self._temp.close()
 
@@ -197,11 +265,12 @@ class ObjectStoreSink:
         self._group_bytes = 0
         self._committing: deque[Future[None]] = deque()
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="blob-commit")
-        self._creator = ThreadPoolExecutor(1, thread_name_prefix="blob-create")
+        self._creator = ThreadPoolExecutor(CREATORS, thread_name_prefix="blob-create")
+        self._group_lock = threading.Lock()  # the group filling is shared by the creators
         self._creating: deque[Future[None]] = deque()
         self._batch: list[tuple[bytes, str]] = []  # small blobs not yet handed to the creator
         self._batch_bytes = 0
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="blob-write")
+        self.writer = ThreadPoolExecutor(WRITES_IN_FLIGHT, thread_name_prefix="blob-write")
         self._root_fd = os.open(store.root, DIR_FLAGS)
         self._tmp_fd = -1
         try:
@@ -268,7 +337,7 @@ class ObjectStoreSink:
         self.to_creator(self._create, batch)
 
     def to_creator(self, fn: Callable[..., None], *args: object) -> None:
-        """Run ``fn`` on the creator thread, in order; raises a failure of an earlier call."""
+        """Run ``fn`` on a creator thread; raises a failure of an earlier call."""
         while len(self._creating) >= CREATES_QUEUED:
             self._creating.popleft().result()
         self._creating.append(self._creator.submit(fn, *args))
@@ -286,10 +355,11 @@ class ObjectStoreSink:
 
     def add(self, temp: Temp, name: str, size: int) -> None:
         """Creator thread: queue a written temp file for naming (committed when the group is full)."""
-        self._group.append(_Pending(temp, name, size))
-        self._group_bytes += size
-        if len(self._group) >= self._group_files or self._group_bytes >= GROUP_BYTES:
-            self._submit()
+        with self._group_lock:
+            self._group.append(_Pending(temp, name, size))
+            self._group_bytes += size
+            if len(self._group) >= self._group_files or self._group_bytes >= GROUP_BYTES:
+                self._submit()
 
     def _submit_rest(self) -> None:
         if self._group:
@@ -304,9 +374,10 @@ class ObjectStoreSink:
     def flush(self) -> None:
         if self._batch:
             self._hand_over()
-        self.to_creator(self._submit_rest)
         while self._creating:
             self._creating.popleft().result()
+        with self._group_lock:
+            self._submit_rest()
         while self._committing:
             self._committing.popleft().result()
         if self._names_pending and self._syncfs is not None:
@@ -350,8 +421,10 @@ class ObjectStoreSink:
         """Wait for the committing groups; drop the unsubmitted one; release everything."""
         if self._root_fd < 0:
             return
-        self._creator.shutdown(cancel_futures=True)  # waits for the call running, if any
-        self._creating.clear()
+        while self._creating:  # every temp file handed over ends in the group (closed below)
+            with contextlib.suppress(Exception):
+                self._creating.popleft().result()
+        self._creator.shutdown()
         self._batch = []
         for pending in self._group:
             pending.temp.close()
