@@ -51,6 +51,7 @@ from tvixd.journal.model import (
     LogLine,
     NixFileSource,
 )
+from tvixd.protowire import varint
 
 __all__ = [
     "BATCH_BYTES",
@@ -187,28 +188,14 @@ read; a busy job commits every millisecond or two.  What commits meanwhile
 joins the next message, so a live event may reach a watcher this much later."""
 _JOB_STATE_NUMBER = {state: int(tvixd_pb.JobState[state.name]) for state in JobState}
 _DRV_STATE_NUMBER = {state: int(tvixd_pb.DerivationState[state.name]) for state in DrvState}
-_UINT64 = (1 << 64) - 1
-
-
-def _varint(value: int) -> bytes:
-    """The protobuf varint of ``value`` (negative: as int64, ten bytes)."""
-    value &= _UINT64
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _number(key: bytes, value: int) -> bytes:
-    return key + _varint(value) if value else b""
+    return key + varint(value) if value else b""
 
 
 def _chunk(key: bytes, value: bytes) -> bytes:
-    return key + _varint(len(value)) + value if value else b""
+    return key + varint(len(value)) + value if value else b""
 
 
 def encode_event(event: JobEvent) -> bytes:
@@ -244,7 +231,7 @@ def encode_event(event: JobEvent) -> bytes:
             _chunk(b"\x12", event.job_id.encode()),
             _number(b"\x18", event.time_ms),
             key,  # the set member of a oneof is written even when empty
-            _varint(len(inner)),
+            varint(len(inner)),
             inner,
         )
     )
@@ -257,7 +244,7 @@ def encode_batches(events: Iterable[JobEvent], limit: int = BATCH_BYTES) -> Iter
     size = 0
     for event in events:
         data = encode_event(event)
-        part = b"\x0a" + _varint(len(data)) + data
+        part = b"\x0a" + varint(len(data)) + data
         if parts and size + len(part) > limit:
             yield b"".join(parts)
             parts, size = [], 0

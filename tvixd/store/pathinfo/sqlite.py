@@ -42,6 +42,7 @@ from clients.store import wire
 from clients.store.model import PathInfo, store_path_digest
 from nixcompat import nixbase32
 from tvixd.castore.urls import local_path
+from tvixd.protowire import varint
 from tvixd.sqlite import Database
 
 TABLE = "path_infos_v1"
@@ -59,18 +60,9 @@ def _create(conn: sqlite3.Connection) -> None:
     )
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _field(key: int, value: bytes) -> bytes:
     """A length-delimited field, written even when empty (messages, repeated items)."""
-    return bytes((key,)) + _varint(len(value)) + bytes(value)
+    return bytes((key,)) + varint(len(value)) + bytes(value)
 
 
 def _scalar(key: int, value: bytes) -> bytes:
@@ -79,7 +71,7 @@ def _scalar(key: int, value: bytes) -> bytes:
 
 
 def _number(key: int, value: int) -> bytes:
-    return bytes((key,)) + _varint(value) if value else b""
+    return bytes((key,)) + varint(value) if value else b""
 
 
 def _node(node: Node) -> bytes:
