@@ -49,7 +49,7 @@ from clients.castore.protocols import BlobService, DirectoryService
 from clients.castore.streams import CHUNK_SIZE, chunks_of
 from clients.errors import InvalidRequest, NotFound, StorageError
 from clients.store.ingest_common import READ_FLAGS as _READ_FLAGS
-from clients.store.ingest_common import IngestResult, read_exactly, shrank
+from clients.store.ingest_common import IngestResult, open_regular, read_exactly, shrank
 from clients.store.model import PathInfo, check_node, with_name
 from clients.store.nar import single_errors
 from clients.store.protocols import PathInfoService
@@ -157,19 +157,15 @@ class _Walk:
                 return
 
     def _file(self, path: bytes, name: bytes, attach: Callable[[Node], None]) -> _Event:
-        fd = os.open(path, _READ_FLAGS)
+        fd, size, executable, inode = open_regular(path)
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise NarError(f"{os.fsdecode(path)!r} changed type while being ingested")
-            size, executable = st.st_size, bool(st.st_mode & stat.S_IXUSR)
             self.writer.begin_regular(executable, size)
             if size <= CHUNK_SIZE:
                 data = read_exactly(fd, size, path)
                 self.writer.write_contents(data)
                 event: _Event = _Small(B3Digest(blake3.blake3(data).digest()), data)
             else:
-                event = _Large(self._hash_large(fd, size, path), size, path, (st.st_dev, st.st_ino))
+                event = _Large(self._hash_large(fd, size, path), size, path, inode)
             self.writer.end_regular()
         finally:
             os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from clients.castore.model import Node
@@ -29,6 +30,20 @@ class IngestResult:
     symlinks: int = 0
     blobs_uploaded: int = 0
     bytes_uploaded: int = 0
+
+
+def open_regular(path: bytes) -> tuple[int, int, bool, tuple[int, int]]:
+    """Open ``path`` (met as a regular file by the walk) for reading: ``(fd, size, executable,
+    (dev, inode))``; :class:`NarError` when it is not a regular file any more."""
+    fd = os.open(path, READ_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NarError(f"{os.fsdecode(path)!r} changed type while being ingested")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size, bool(st.st_mode & stat.S_IXUSR), (st.st_dev, st.st_ino)
 
 
 def shrank(path: bytes, size: int, remaining: int) -> NarError:

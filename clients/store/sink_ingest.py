@@ -48,7 +48,7 @@ from clients.castore.model import B3Digest, Directory, DirectoryNode, FileNode, 
 from clients.castore.protocols import DirectoryService
 from clients.castore.streams import CHUNK_SIZE
 from clients.errors import StorageError
-from clients.store.ingest_common import READ_FLAGS, IngestResult, read_exactly
+from clients.store.ingest_common import IngestResult, open_regular, read_exactly
 from clients.store.model import with_name
 from clients.store.nar import single_errors
 from clients.store.sink import SinkProvider
@@ -214,12 +214,8 @@ class _Walk:
                 yield
 
     def _file(self, path: bytes, name: bytes) -> _Child:
-        fd = os.open(path, READ_FLAGS)
+        fd, size, executable, inode = open_regular(path)
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise NarError(f"{os.fsdecode(path)!r} changed type while being ingested")
-            size, executable = st.st_size, bool(st.st_mode & stat.S_IXUSR)
             self.writer.begin_regular(executable, size)
             if size <= CHUNK_SIZE:
                 data = read_exactly(fd, size, path)
@@ -229,7 +225,7 @@ class _Walk:
                 if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
                     self._send_batch()
             else:
-                self._large(fd, path, size, (st.st_dev, st.st_ino))
+                self._large(fd, path, size, inode)
             self.writer.end_regular()
         finally:
             os.close(fd)
