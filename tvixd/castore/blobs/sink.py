@@ -15,12 +15,14 @@ full group goes to a committer thread, which
    files; one ``fsync`` per file for smaller groups, or everywhere when
    ``syncfs`` is unavailable or ``durability="fsync"`` was asked for;
 2. only then gives each file its digest's name (``linkat`` / ``rename``),
-3. and leaves the names to be made durable by the next ``syncfs`` (after
-   per-file fsyncs: each touched fan-out directory is fsynced once).
+3. and makes the names durable at once — a second ``syncfs`` (after
+   per-file fsyncs: each touched fan-out directory is fsynced once), also
+   when naming failed part-way — because another writer that finds a blob
+   present skips it and relies on its name.
 
-:meth:`ObjectStoreSink.flush` waits for every group and ends with a last
-``syncfs`` when names are pending — only then may anything refer to the
-blobs.  So a name never refers to contents that are not durable, and a
+:meth:`ObjectStoreSink.flush` waits for every group — only then may
+anything refer to the blobs.  So a name never refers to contents that are
+not durable, a name is durable as soon as its group is committed, and a
 crash or ``SIGKILL`` leaves at most unnamed temp files (named ones are swept
 after a day).  The trade-off: ``syncfs`` also flushes whatever other dirty
 data the file system holds; on a busy shared file system a group commit can
@@ -279,7 +281,6 @@ class ObjectStoreSink:
             os.close(self._root_fd)
             raise
         self._blobs = self._bytes = 0
-        self._names_pending = False  # names given after the last syncfs (committer thread)
 
     @property
     def blobs_written(self) -> int:
@@ -380,12 +381,6 @@ class ObjectStoreSink:
             self._submit_rest()
         while self._committing:
             self._committing.popleft().result()
-        if self._names_pending and self._syncfs is not None:
-            self._names_pending = False
-            try:
-                self._syncfs(self._root_fd)  # the names given by the last group
-            except OSError as exc:
-                raise StorageError(f"cannot sync the blob store {self._store.root}: {exc}") from exc
 
     def _commit(self, group: list[_Pending]) -> None:
         """Committer thread: data durable, then names; raises StorageError (nothing named then)."""
@@ -399,16 +394,20 @@ class ObjectStoreSink:
                 else:
                     for pending in group:
                         os.fsync(pending.temp.fd)
-                for pending in group:
-                    dir_fd = fan_outs.get(pending.name[:2])
-                    if dir_fd is None:
-                        dir_fd = fan_outs[pending.name[:2]] = self._store.fan_out(pending.name)
-                    self._store.give_name(pending.temp, pending.name, dir_fd)
-                if by_syncfs:
-                    self._names_pending = True  # made durable by the next syncfs
-                else:
-                    for dir_fd in fan_outs.values():
-                        os.fsync(dir_fd)
+                try:
+                    for pending in group:
+                        dir_fd = fan_outs.get(pending.name[:2])
+                        if dir_fd is None:
+                            dir_fd = fan_outs[pending.name[:2]] = self._store.fan_out(pending.name)
+                        self._store.give_name(pending.temp, pending.name, dir_fd)
+                finally:  # the names given (all, or those before a failure) made durable at once:
+                    # another writer that finds one present relies on it
+                    if by_syncfs:
+                        assert self._syncfs is not None
+                        self._syncfs(self._root_fd)
+                    else:
+                        for dir_fd in fan_outs.values():
+                            os.fsync(dir_fd)
             except OSError as exc:
                 raise StorageError(f"cannot store blobs in {self._store.root}: {exc}") from exc
         finally:
