@@ -141,6 +141,9 @@ class Runc:
     def __init__(self, state_dir: Path, *, runc: str = "runc") -> None:
         self._runc = runc
         self._root = state_dir
+        self.unstopped: set[str] = set()
+        """Containers whose deletion was not confirmed after a kill: what they could write to
+        (their store directory) must not be used again."""
         self._shim: _Shim | None = None
         self._shim_lock = anyio.Lock()
 
@@ -236,25 +239,34 @@ class Runc:
         return RunResult(code, False, tail)
 
     async def _stop(self, conn: socket.socket, container_id: str) -> None:
-        """Kill the container, wait for the shim's answer, delete it; bounded, never raises."""
+        """Kill the container, wait for the shim's answer, delete it; bounded, never raises.
+
+        When the deletion is not confirmed, ``container_id`` goes into :attr:`unstopped`.
+        """
+        deleted = False
         with anyio.move_on_after(CLEANUP_TIMEOUT) as scope:
             await self._quiet("kill", container_id, "KILL")
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_WR)
             with anyio.move_on_after(CLEANUP_TIMEOUT / 2), contextlib.suppress(OSError):
                 await _answer(conn)
-            await self._quiet("delete", "--force", container_id)
+            deleted = await self._quiet("delete", "--force", container_id)
         if scope.cancelled_caught:
             log.error("could not stop container %s within %s s", container_id, CLEANUP_TIMEOUT)
+        if not deleted:
+            self.unstopped.add(container_id)
 
-    async def _quiet(self, *args: str) -> None:
+    async def _quiet(self, *args: str) -> bool:
+        """Run ``runc ARGS``; whether it succeeded (failures are logged, never raised)."""
         try:
             result = await anyio.run_process(self._cmd(*args), check=False)
         except OSError as exc:
             log.warning("runc %s failed: %s", args[0], exc)
-            return
+            return False
         if result.returncode != 0:
             log.debug("runc %s: %s", " ".join(args), result.stderr.decode(errors="replace"))
+            return False
+        return True
 
     async def list_ids(self) -> list[str]:
         """Ids of the containers in this state directory."""

@@ -275,7 +275,11 @@ class OciBuildService:
                 return await self._collect(request, bundle, result, fixed)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-                    if await anyio.to_thread.run_sync(_clean_up, bundle_dir, store):
+                    # a container that may still run keeps write access to its store directory:
+                    # removed whole, never handed to another build
+                    reuse = container_id not in self._runc.unstopped
+                    self._runc.unstopped.discard(container_id)
+                    if await anyio.to_thread.run_sync(_clean_up, bundle_dir, store, reuse):
                         assert store is not None
                         self._stores.give_back(store)
 
@@ -369,13 +373,20 @@ class OciBuildService:
         return node
 
 
-def _clean_up(bundle_dir: Path, store: StoreDir | None) -> bool:
+def _clean_up(bundle_dir: Path, store: StoreDir | None, reuse: bool = True) -> bool:
     """Remove the bundle and sweep ``store`` (blocking); whether ``store`` can be used again.
 
-    A store directory that cannot be swept is removed whole.
+    A store directory that cannot be swept, or is not to be reused, is removed whole.
     """
     _remove_tree(bundle_dir)
     if store is None:
+        return False
+    if not reuse:
+        log.warning(
+            "removing store directory %s of a container not known to be gone",
+            os.fsdecode(store.path),
+        )
+        _remove_tree(Path(os.fsdecode(store.path)))
         return False
     try:
         sweep(store)
