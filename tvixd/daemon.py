@@ -168,15 +168,7 @@ async def _hang_up(
                 server.close()  # stops listening, cancels the handlers still running
             except Exception:
                 log.exception("closing server %s failed", address)
-        closing = connections.close()
-        if closing:
-            log.info("closing %d client connections", closing)
-            async with _unless(force):
-                with anyio.move_on_after(HANGUP_TIMEOUT):
-                    await connections.wait_closed()
-            dropped = connections.abort()
-            if dropped:
-                log.warning("dropped %d client connections that did not close", dropped)
+        await connections.hang_up(HANGUP_TIMEOUT, force)
         for address, server in servers:
             await _bounded(f"server {address}", server.wait_closed)
 

@@ -332,3 +332,25 @@ class Connections:
             if protocol.transport is not None:
                 protocol.transport.abort()
         return len(left)
+
+    async def hang_up(self, grace: float, force: anyio.Event | None = None) -> None:
+        """:meth:`close` every connection, wait up to ``grace`` seconds (less once ``force``
+        is set) for them to go, then :meth:`abort` the rest; logged."""
+        closing = self.close()
+        if not closing:
+            return
+        log.info("closing %d client connections", closing)
+        async with anyio.create_task_group() as tg:
+
+            async def forced() -> None:
+                if force is not None:
+                    await force.wait()
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(forced)
+            with anyio.move_on_after(grace):
+                await self.wait_closed()
+            tg.cancel_scope.cancel()
+        dropped = self.abort()
+        if dropped:
+            log.warning("dropped %d client connections that did not close", dropped)

@@ -109,6 +109,7 @@ async def test_in_process_stop_closes_idle_connections(
 ) -> None:
     """A daemon in a longer-lived process (tests, embedded) must not leave sockets open."""
     caplog.set_level(logging.INFO, "tvixd.daemon")
+    caplog.set_level(logging.INFO, "tvixd.endpoints")
     config = memory_config(tmp_path)
     sock = tmp_path / "tvixd.sock"
     async with running(config) as run:
@@ -141,6 +142,7 @@ async def test_a_client_that_does_not_read_is_dropped(
 ) -> None:
     """A stuck reader holds its connection's unsent bytes: closing cannot finish; it is cut."""
     caplog.set_level(logging.INFO, "tvixd.daemon")
+    caplog.set_level(logging.INFO, "tvixd.endpoints")
     config = memory_config(tmp_path, shutdown_grace="1")
     sock = tmp_path / "tvixd.sock"
     data = bytes(range(256)) * (32 << 10)  # 8 MiB: far beyond the socket buffers

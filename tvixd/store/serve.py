@@ -178,22 +178,12 @@ async def serve(
         finally:
             with anyio.CancelScope(shield=True):
                 server.close()
-                await _hang_up(connections)
+                await connections.hang_up(HANGUP_TIMEOUT, force)
                 with anyio.move_on_after(5):
                     await server.wait_closed()
                 if path is not None:
                     await anyio.to_thread.run_sync(_remove, path)
         log.info("store server stopped")
-
-
-async def _hang_up(connections: Connections) -> None:
-    """Close the client connections the server accepted (its ``close()`` leaves them open)."""
-    if connections.close():
-        with anyio.move_on_after(HANGUP_TIMEOUT):
-            await connections.wait_closed()
-        dropped = connections.abort()
-        if dropped:
-            log.warning("dropped %d client connections that did not close", dropped)
 
 
 async def _run(config: ServeConfig) -> None:
