@@ -27,6 +27,7 @@ from typing import Any
 
 from clients.build.model import BuildRequest
 from clients.errors import InvalidRequest
+from clients.store.ingest_common import READ_FLAGS
 from nixcompat.errors import NixCompatError
 from nixcompat.hash import HashAlgo, NixHash
 from nixcompat.nar import NarError, NarWriter, write_path
@@ -122,7 +123,7 @@ def _flat_hash(path: str, algo: HashAlgo) -> NixHash:
             "hashing is not enabled (outputHashMode=flat)"
         )
     hasher = hashlib.new(algo.value)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = os.open(path, READ_FLAGS)
     with open(fd, "rb", buffering=0) as f:
         while chunk := f.read(_CHUNK):
             hasher.update(chunk)
@@ -149,7 +150,7 @@ def read_small(path: str) -> SmallOutput | None:
         return SmallOutput(target=os.readlink(os.fsencode(path)))
     if not stat.S_ISREG(st.st_mode) or st.st_size > SMALL_OUTPUT:
         return None
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = os.open(path, READ_FLAGS)
     with open(fd, "rb", buffering=0) as f:
         contents = f.read(SMALL_OUTPUT + 1)
     if len(contents) > SMALL_OUTPUT:
