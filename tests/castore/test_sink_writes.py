@@ -142,3 +142,34 @@ def test_failed_write_raises_and_releases(tmp_path: Path) -> None:
     failing(store)
     anyio.run(store.close)
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [CHUNK, 5000],  # the usual large file: whole chunks, then a short tail
+        [5000],  # shorter than a page
+        [3 * 4096 + 1],  # one byte past whole pages
+        [CHUNK, 4096],  # aligned to the end: nothing padded
+        [CHUNK, 5000, CHUNK, 3],  # more after a short chunk: written over the padding
+    ],
+    ids=["tail", "short", "page-plus-one", "aligned", "short-in-the-middle"],
+)
+def test_short_chunks_keep_the_exact_contents_and_size(tmp_path: Path, sizes: list[int]) -> None:
+    """A chunk that is not whole pages goes out padded to a page (direct I/O where the
+    file system allows it): the blob still holds exactly the bytes written, no padding."""
+    store = anyio.run(ObjectStoreBlobService.open, tmp_path / "blobs")
+    sink = ObjectStoreSink(store)
+    pool = Pool(WRITES_IN_FLIGHT + 2)
+    try:
+        parts = [os.urandom(size) for size in sizes]
+        writer, _ = write_blob(sink, pool, parts)
+        digest = writer.finish()
+        sink.flush()
+        whole = b"".join(parts)
+        assert digest == B3Digest(blake3.blake3(whole).digest())
+        assert store.path(digest).stat().st_size == len(whole)
+        assert store.path(digest).read_bytes() == whole
+    finally:
+        sink.close()
+    anyio.run(store.close)

@@ -31,8 +31,9 @@ cheaper (one device cache flush for a whole group).  Small ingests (a build
 output of a few files) therefore stay with per-file fsyncs.
 
 Large blobs are hashed while they are written, with ``O_DIRECT`` when the
-chunks allow it (page-aligned, 4 KiB multiples): no copy through the page
-cache, which costs more CPU than hashing on a 2-core machine.  The writes
+chunks allow it (page-aligned; a short last chunk goes out padded to a page
+and the file is truncated to the blob's size before it is synced): no copy
+through the page cache, which costs more CPU than hashing on a 2-core machine.  The writes
 run on helper threads, up to :data:`WRITES_IN_FLIGHT` chunks at a time
 when the caller passes a ``release`` callback (the caller's buffer comes
 back once its write and its hashing are done), so the caller hashes the
@@ -51,6 +52,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import resource
 import threading
@@ -105,10 +107,11 @@ def load_syncfs() -> Callable[[int], None] | None:
     return syncfs
 
 
-def _aligned(data: Buffer) -> bool:
-    if not isinstance(data, memoryview) or data.readonly or len(data) % _ALIGN or not data:
+def _aligned(data: Buffer, *, whole: bool = True) -> bool:
+    """Whether ``data`` starts on a page (and, with ``whole``, is a multiple of 4096 long)."""
+    if not isinstance(data, memoryview) or data.readonly or (whole and len(data) % _ALIGN):
         return False
-    return ctypes.addressof(ctypes.c_char.from_buffer(data)) % _ALIGN == 0
+    return bool(data) and ctypes.addressof(ctypes.c_char.from_buffer(data)) % _ALIGN == 0
 
 
 def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
@@ -149,6 +152,7 @@ class _Large:
         self._hasher = blake3.blake3()
         self._size = 0
         self._direct = False
+        self._padded = False  # a tail went out padded to a page: truncate to the size at the end
         self._handed = False
         self._writing: deque[Future[None]] = deque()
         if _O_DIRECT:
@@ -162,9 +166,30 @@ class _Large:
         fcntl.fcntl(self._temp.fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
         self._direct = False
 
-    def _write(self, data: Buffer, offset: int, release: Callable[[], None] | None) -> None:
-        """Write ``data`` at ``offset`` (helper thread); direct I/O when it can."""
+    def _write(
+        self, data: Buffer, offset: int, release: Callable[[], None] | None, pad: bool = False
+    ) -> None:
+        """Write ``data`` at ``offset`` (helper thread); direct I/O when it can.
+
+        With ``pad`` (a chunk whose length is not a multiple of 4096, at an aligned
+        offset), the whole pages go out directly and the rest through a page of
+        zeros, also directly: the file is truncated to its size before it is synced.
+        """
         try:
+            if pad and self._direct and _aligned(data, whole=False):
+                view = memoryview(data)
+                head = len(view) - len(view) % _ALIGN
+                with mmap.mmap(-1, _ALIGN) as page, memoryview(page) as padded:
+                    padded[: len(view) - head] = view[head:]
+                    try:
+                        if head:
+                            _pwrite_all(self._temp.fd, view[:head], offset)
+                        _pwrite_all(self._temp.fd, padded, offset + head)
+                        return
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:
+                            raise
+                        self._buffered()  # the device wants another alignment: buffered below
             if self._direct and not _aligned(data):
                 self._buffered()  # later writes in flight may go buffered too: still correct
             try:
@@ -192,9 +217,13 @@ class _Large:
             if release is not None:
                 release()
             raise StorageError("write to a finished or discarded blob")
+        if self._padded:  # the padding overlaps what follows: it must be on disk first
+            self._wait(0)
+        pad = self._direct and len(data) % _ALIGN != 0 and self._size % _ALIGN == 0
+        self._padded = self._padded or pad
         done = None if release is None else _Both(release)  # the write and the hashing
         try:
-            writing = self._sink.writer.submit(self._write, data, self._size, done)
+            writing = self._sink.writer.submit(self._write, data, self._size, done, pad)
         except BaseException:
             if release is not None:
                 release()
@@ -237,6 +266,14 @@ class _Large:
                     writing.result()
             self._temp.close()
             raise StorageError(f"cannot write blob {name} into {self._sink.tmp}: {exc}") from exc
+        if self._padded:
+            try:
+                os.ftruncate(self._temp.fd, self._size)
+            except OSError as exc:
+                self._temp.close()
+                raise StorageError(
+                    f"cannot truncate blob {name} in {self._sink.tmp}: {exc}"
+                ) from exc
         self._sink.add(self._temp, name, self._size)
 
     def discard(self) -> None:
