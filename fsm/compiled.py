@@ -50,7 +50,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Generic, TypeVar
 
 from statemachine import Event, State
@@ -118,10 +118,19 @@ class CompiledMachine(Generic[ModelT]):
         self._machine = machine
         self._listeners = list({id(listener): listener for listener in listeners}.values())
         self._facts: dict[str, tuple[Fact, ...]] = dict(machine.event_facts)
+        # per event: the declared facts by name and the required ones (the check's fast path)
+        self._fact_types = {
+            event: {fact.name: fact.type for fact in facts} for event, facts in self._facts.items()
+        }
+        self._required = {
+            event: frozenset(fact.name for fact in facts if fact.required)
+            for event, facts in self._facts.items()
+        }
         self._allowed = _CONTEXT | {fact.name for facts in self._facts.values() for fact in facts}
         self._states: dict[Any, State] = dict(machine.states_map)
         self._events: dict[str, Event] = {str(event): event for event in machine._events}
-        self._model_types: set[type] = set()
+        # the model types seen, with their dataclass fields (None: not a dataclass)
+        self._model_types: dict[type, tuple[str, ...] | None] = {}
         self._check_machine()
         self._check_listeners()
         self._table: dict[Any, dict[str, tuple[_Step, ...]]] = {}
@@ -244,7 +253,8 @@ class CompiledMachine(Generic[ModelT]):
             found = sorted(c for c in conventions if hasattr(kind, c))
             if found:
                 raise TypeError(f"{kind.__name__} defines the hook(s) {', '.join(found)} itself")
-        self._model_types.add(kind)
+        names = tuple(f.name for f in fields(kind)) if is_dataclass(kind) else None
+        self._model_types[kind] = names
 
     # -- running ---------------------------------------------------------------------------
 
@@ -252,6 +262,7 @@ class CompiledMachine(Generic[ModelT]):
         """Apply ``event`` with ``facts`` to ``model`` (see the module docstring for the contract)."""
         if type(model) not in self._model_types:
             self._check_model(model)
+        names = self._model_types[type(model)]
         current = getattr(model, "state")  # noqa: B009 - ModelT is only known to have it
         by_event = self._table.get(current)
         if by_event is None:
@@ -261,7 +272,8 @@ class CompiledMachine(Generic[ModelT]):
         if not steps:
             known = self._events.get(event) or Event(id=event, name=event)
             raise TransitionNotAllowed(known, OrderedSet([source]))
-        check_facts(self._machine.subject_of(model), event, (), facts, self._facts[event])
+        if not self._plain_facts(event, facts):  # check again, to say what is wrong
+            check_facts(self._machine.subject_of(model), event, (), facts, self._facts[event])
         kwargs: dict[str, Any] = dict(facts)
         kwargs["model"] = model
         kwargs["event"] = self._events[event]
@@ -274,13 +286,28 @@ class CompiledMachine(Generic[ModelT]):
                 break
         else:
             raise TransitionNotAllowed(self._events[event], OrderedSet([source]))
-        saved = copy.copy(model)
+        # a snapshot of the fields, put back when anything raises (cheaper than copy.copy)
+        saved = [getattr(model, name) for name in names] if names is not None else None
+        copied = copy.copy(model) if names is None else None
         try:
             self._run(step, holder, model, kwargs)
         except BaseException:
-            for field in fields(saved):  # type: ignore[arg-type]
-                setattr(model, field.name, getattr(saved, field.name))
+            if saved is not None and names is not None:
+                for name, value in zip(names, saved, strict=True):
+                    setattr(model, name, value)
+            else:
+                for field in fields(copied):  # type: ignore[arg-type]
+                    setattr(model, field.name, getattr(copied, field.name))
             raise
+
+    def _plain_facts(self, event: str, facts: dict[str, object]) -> bool:
+        """Whether ``facts`` are all declared for ``event``, of their types, the required ones given."""
+        types = self._fact_types[event]
+        for name, value in facts.items():
+            kind = types.get(name)
+            if kind is None or not isinstance(value, kind):
+                return False
+        return self._required[event] <= facts.keys()
 
     @staticmethod
     def _run(step: _Step, holder: _Self, model: object, kwargs: dict[str, Any]) -> None:

@@ -5,7 +5,8 @@ text stream (stderr):
 
 * :class:`PlainProgress` — one line per thing that happened, for logs and
   pipes: ``building <drv>``, ``<name>> <log line>``, ``built <drv>``,
-  ``failed <drv>: <why>``, the final job state;
+  ``failed <drv>: <why>``, the final job state; the lines of one batch of
+  events are flushed together (one write);
 * :class:`LiveProgress` — for a terminal: a compact block redrawn in place
   with ANSI escapes (at most ten times a second, and every second for the
   clock): a status line ``3 done · 1 building · 2 waiting · 0:04`` naming the
@@ -18,6 +19,7 @@ and ``$TERM`` is not ``dumb``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
@@ -71,12 +73,29 @@ class PlainProgress:
     def __init__(self, stream: TextIO, *, logs: bool = True) -> None:
         self._out = stream
         self._logs = logs
+        self._flush_pending = False
 
     def __repr__(self) -> str:
         return f"PlainProgress({self._out!r})"
 
     def _say(self, text: str) -> None:
+        """Write a line; flushed at the end of this turn of the event loop (at once without one).
+
+        A batch of events arrives in one turn: its lines go out in one write, not one each.
+        """
         self._out.write(text + "\n")
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nothing would flush later
+            self._out.flush()
+            return
+        self._flush_pending = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
         self._out.flush()
 
     def event(self, tracker: Tracker, event: Any) -> None:
@@ -107,7 +126,7 @@ class PlainProgress:
         self._say(text)
 
     def close(self, tracker: Tracker) -> None:
-        self._out.flush()
+        self._flush()
 
 
 def _clean(text: str) -> str:

@@ -62,6 +62,20 @@ async def test_contents_and_chunk_bounds(tmp_path: Path, size: int) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("size", [0, 60, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 5])
+async def test_put_bytes_stores_what_put_stores(tmp_path: Path, size: int) -> None:
+    store = await ObjectStoreBlobService.open(tmp_path)
+    data = _data(size)
+    digest = await store.put_bytes(data)
+    assert digest == blake3.blake3(data).digest()
+    assert store.path(digest).read_bytes() == data
+    assert oct(store.path(digest).stat().st_mode & 0o777) == "0o444"
+    assert await put_bytes(store, data) == digest  # present already: the same name
+    assert await read_blob(store, digest) == data
+    await store.close()
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("size", "held"), [(SMALL_READ - 1, 0), (SMALL_READ, 0), (SMALL_READ + 1, 1)]
 )

@@ -112,13 +112,16 @@ async def running(
     signing_key: SigningKey | None = None,
     retry: RetryPolicy | None = None,
     log_cap: int | None = None,
+    build_timeout: float | None = None,
 ) -> AsyncIterator[Env]:
     stores = stores or Stores()
     builder = builder or DummyBuildService(stores.blobs)
     own_evaluator = evaluator is None
     evaluator = evaluator or NixEvaluator(stores.blobs, stores.directories, stores.pathinfos)
     journal = directory / "state" / "jobs.db"
-    extra = {} if log_cap is None else {"log_cap": log_cap}
+    extra: dict[str, float] = {} if log_cap is None else {"log_cap": log_cap}
+    if build_timeout is not None:
+        extra["build_timeout"] = build_timeout
     coordinator = Coordinator(
         evaluator=evaluator,
         blobs=stores.blobs,

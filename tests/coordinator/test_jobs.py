@@ -241,6 +241,27 @@ async def test_builder_errors_give_up_after_max_attempts(tmp_path: Path) -> None
         assert builder.calls == 2
 
 
+async def test_a_build_past_the_coordinators_deadline_is_retried_then_fails(
+    tmp_path: Path,
+) -> None:
+    nix = graph_nix(tmp_path, {"slow": []})
+    builder = DummyBuildService(delay=60)
+    async with running(
+        tmp_path,
+        builder=builder,
+        retry=RetryPolicy(max_attempts=2, base_delay=0),
+        build_timeout=0.2,
+    ) as env:
+        job = await env.submit_file(nix, "slow")
+        events = await env.events(job.id)
+        final = await env.stub.get_job(tvixd_pb.GetJobRequest(id=job.id))
+        assert final.state == tvixd_pb.JobState.FAILED
+        assert "did not finish within the coordinator's deadline" in final.error
+        assert "attempt 2 of 2" in final.error
+        assert builder.builds == 2
+        assert [s for s in drv_states(events)["slow"] if s == "build"] == ["build", "build"]
+
+
 async def test_drv_paths_job_signing_and_listing(tmp_path: Path) -> None:
     nix = graph_nix(tmp_path, {"lib": [], "app": ["lib"]})
     app_drv, lib_drv = instantiate(nix, "app", "lib")

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from fsm import DerivationRecord, DrvState, JobState
@@ -23,9 +24,11 @@ from tvixd.journal import (
     JournalClosed,
     JournalError,
     LogLine,
+    db,
 )
 from tvixd.journal import journal as journal_module
 from tvixd.journal.db import Batch
+from tvixd.journal.model import JobEvent
 
 pytestmark = pytest.mark.asyncio
 
@@ -273,3 +276,38 @@ async def test_the_journal_runs_in_wal_mode_with_synchronous_normal(tmp_path: Pa
             conn.close()
 
     assert await anyio.to_thread.run_sync(pragmas) == (("wal",), (1,))  # 1: NORMAL
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 21, 87])
+async def test_a_batch_of_many_rows_is_written_whole(tmp_path: Path, count: int) -> None:
+    await anyio.to_thread.run_sync(_write_and_read_back, tmp_path / "jobs.db", count)
+
+
+def _write_and_read_back(path: Path, count: int) -> None:
+    """A batch of ``count`` derivations, log lines and events reads back."""
+    conn = db.connect(path)
+    try:
+        batch = Batch()
+        events = []
+        for i in range(count):
+            drv = f"/nix/store/{i:032d}-d{i}.drv"
+            batch.derivations[drv] = db.derivation_row(DerivationRecord(drv, DrvState.BUILD, 1), i)
+            batch.log_lines.append((i + 1, drv, 1, f"line {i}".encode()))
+            event = JobEvent(i + 1, "j", 2000 + i, DerivationStateChanged(drv, DrvState.BUILD, 1))
+            events.append(event)
+            batch.events.append(db.event_row(event))
+        db.write(conn, batch)
+        assert db.events_after(conn, "j", 0, 1000) == events
+        for i in range(count):
+            drv = f"/nix/store/{i:032d}-d{i}.drv"
+            assert db.get_derivation(conn, drv) == DerivationRecord(drv, DrvState.BUILD, 1)
+            [stored] = db.log_lines(conn, drv, 0, 10)
+            assert (stored.id, stored.line.line) == (i + 1, f"line {i}".encode())
+        if count:  # a newer row of a derivation replaces the older one
+            drv = "/nix/store/" + "0" * 32 + "-d0.drv"
+            again = Batch()
+            again.derivations[drv] = db.derivation_row(DerivationRecord(drv, DrvState.PUSH, 1), 1)
+            db.write(conn, again)
+            assert db.get_derivation(conn, drv) == DerivationRecord(drv, DrvState.PUSH, 1)
+    finally:
+        conn.close()

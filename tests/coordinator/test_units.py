@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 
+import anyio
 import pytest
 
 from clients.build.errors import BuildError, BuildFailed
@@ -20,6 +22,7 @@ from nixcompat.signing import SigningKey
 from nixcompat.storepath import StorePath, make_fixed_output_path
 from tvixd.castore.blobs.memory import MemoryBlobService
 from tvixd.castore.directories.memory import MemoryDirectoryService
+from tvixd.coordinator.dispatch import Dispatcher
 from tvixd.coordinator.graph import Graph, Node
 from tvixd.coordinator.hub import Hub
 from tvixd.coordinator.push import HashMismatch, Pusher
@@ -33,6 +36,62 @@ def node(name: str, state: DrvState = DrvState.WAITING) -> Node:
     path = StorePath.parse_basename(f"{H}-{name}.drv")
     attempt = 1 if state in (DrvState.BUILD, DrvState.PUSH) else 0
     return Node(path, DerivationRecord(path.absolute, state, attempt))
+
+
+@pytest.mark.asyncio
+async def test_follow_ups_run_on_the_followers_and_are_drained() -> None:
+    async def realise(node: Node, generation: int) -> None:
+        pass
+
+    dispatcher = Dispatcher(1, realise, followers=2)
+    running: list[str] = []
+    started: list[str] = []
+    most = 0
+    release = anyio.Event()
+    two_started = anyio.Event()
+
+    def work(name: str, forever: bool = False) -> Callable[[], Awaitable[None]]:
+        async def follow() -> None:
+            nonlocal most
+            started.append(name)
+            running.append(name)
+            most = max(most, len(running))
+            if len(started) == 2:
+                two_started.set()
+            try:
+                await (anyio.sleep(3600) if forever else release.wait())
+            finally:
+                running.remove(name)
+
+        return follow
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            for i in range(5):
+                dispatcher.follow_up(node(f"n{i}", DrvState.PUSH), work(f"n{i}"))
+            await two_started.wait()
+            release.set()
+            await dispatcher.drain(10)  # the queued ones ran too
+            assert sorted(started) == [f"n{i}" for i in range(5)]
+            assert most == 2
+            tg.cancel_scope.cancel()
+
+        dispatcher = Dispatcher(1, realise, followers=2)
+        started.clear()
+        two_started = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            for i in range(3):
+                dispatcher.follow_up(node(f"s{i}", DrvState.PUSH), work(f"s{i}", forever=True))
+            await two_started.wait()
+            await dispatcher.drain(0.1)  # cancels the two running, drops the queued one
+            assert started == ["s0", "s1"]
+            assert running == []
+            dispatcher.follow_up(node("late", DrvState.PUSH), work("late"))  # drained: dropped
+            await anyio.sleep(0.05)
+            assert started == ["s0", "s1"]
+            tg.cancel_scope.cancel()
 
 
 def test_attach_reaches_the_inputs_of_waiting_nodes_only() -> None:

@@ -6,6 +6,8 @@ import io
 import itertools
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from clients.tvixctl.common import default_socket, default_state_dir
@@ -169,6 +171,36 @@ def test_tracker_and_plain_progress() -> None:
     assert any(line.startswith("mid> compiling ") for line in lines)
     assert lines[-1].startswith("job j failed after ")
     assert event_json(events[10])["line"].startswith("compiling \x1b[31mred")
+
+
+class _CountingIO(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+@pytest.mark.asyncio
+async def test_plain_progress_flushes_a_batch_of_events_once() -> None:
+    out = _CountingIO()
+    tracker, plain = Tracker("j"), PlainProgress(out)
+    events = _events()
+    for event in events[:5]:  # one batch: handled in one turn of the event loop
+        tracker.apply(event)
+        plain.event(tracker, event)
+    assert out.flushes == 0
+    await anyio.lowlevel.checkpoint()
+    assert out.flushes == 1
+    assert out.getvalue().splitlines()[:2] == ["job j: queued", "job j: evaluating"]
+    for event in events[5:]:
+        tracker.apply(event)
+        plain.event(tracker, event)
+    plain.close(tracker)  # flushes what is pending at once
+    assert out.flushes == 2
+    assert out.getvalue().splitlines()[-1].startswith("job j failed after ")
 
 
 def test_live_block_fits_the_terminal_and_shows_running_logs() -> None:

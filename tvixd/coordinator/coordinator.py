@@ -38,7 +38,7 @@ from tvixd.coordinator.inputs import InputResolver
 from tvixd.coordinator.jobdriver import Driver
 from tvixd.coordinator.logs import LOG_CAP
 from tvixd.coordinator.push import Pusher
-from tvixd.coordinator.realise import Realiser
+from tvixd.coordinator.realise import BUILD_TIMEOUT, PUSH_TIMEOUT, Realiser
 from tvixd.coordinator.retry import RetryPolicy
 from tvixd.eval.protocol import EvaluationError, Evaluator
 from tvixd.eval.roots import roots_from_drv_paths
@@ -79,7 +79,10 @@ def _nar_memo(builder: BuildService) -> NarMemo:
 
 
 class Coordinator:
-    """Runs jobs: evaluation, lookup, build and push over one shared derivation graph."""
+    """Runs jobs: evaluation, lookup, build and push over one shared derivation graph.
+
+    ``build_timeout`` / ``push_timeout``: seconds one build attempt / one push may take.
+    """
 
     def __init__(
         self,
@@ -95,6 +98,8 @@ class Coordinator:
         retry: RetryPolicy | None = None,
         log_cap: int = LOG_CAP,
         limits: Limits = LIMITS,
+        build_timeout: float = BUILD_TIMEOUT,
+        push_timeout: float = PUSH_TIMEOUT,
     ) -> None:
         if max_jobs < 1:
             raise ValueError(f"max_jobs must be at least 1, got {max_jobs}")
@@ -114,7 +119,12 @@ class Coordinator:
             signing_key=signing_key,
         )
         self._realiser = Realiser(
-            evaluator=evaluator, builder=builder, inputs=inputs, pusher=pusher
+            evaluator=evaluator,
+            builder=builder,
+            inputs=inputs,
+            pusher=pusher,
+            build_timeout=build_timeout,
+            push_timeout=push_timeout,
         )
         self._events: Hub[str, JobEvent] = Hub()
         self._logs: Hub[str, StoredLogLine | DerivationRecord] = Hub()

@@ -5,13 +5,16 @@ inputs are done and the transition is durable); one of ``slots`` workers
 (the builder's concurrency, ``max_jobs``) picks it up and awaits
 ``realise(node, generation)``, which builds it.  Nothing polls: workers block
 on the queue.  What follows a build (pushing its outputs) does not hold a
-slot: ``realise`` hands it to :meth:`Dispatcher.follow_up`, which runs it as
-a task of the dispatcher, so the slot takes the next build at once.
+slot: ``realise`` hands it to :meth:`Dispatcher.follow_up`, which queues it
+for one of ``followers`` workers of its own (at most that many follow-ups
+run at a time; a queue and long-lived workers cost less than a task per
+follow-up), so the slot takes the next build at once.
 
 :meth:`Dispatcher.drain` stops workers from taking new nodes, waits for the
-running builds and follow-ups up to a grace period, then cancels them.
-Nodes left in the queue or cancelled stay in ``build`` (or ``push``) in the
-journal, and a restart resumes them.
+running builds and follow-ups (queued ones too) up to a grace period, then
+cancels them and drops the follow-ups still queued.  Nodes left in the queue
+or cancelled stay in ``build`` (or ``push``) in the journal, and a restart
+resumes them.
 """
 
 from __future__ import annotations
@@ -33,31 +36,42 @@ __all__ = ["Dispatcher"]
 log = logging.getLogger(__name__)
 
 Realise = Callable[[Node, int], Awaitable[None]]
+Work = Callable[[], Awaitable[None]]
 
 
 class Dispatcher:
     """``slots`` workers running ``realise`` on submitted nodes (see the module docstring)."""
 
-    def __init__(self, slots: int, realise: Realise) -> None:
+    def __init__(self, slots: int, realise: Realise, followers: int = 1) -> None:
         if slots < 1:
             raise ValueError(f"the number of build slots must be at least 1, got {slots}")
+        if followers < 1:
+            raise ValueError(f"the number of follow-up workers must be at least 1, got {followers}")
         self._slots = slots
+        self._followers = followers
         self._realise = realise
         self._send: MemoryObjectSendStream[tuple[Node, int]]
         self._receive: MemoryObjectReceiveStream[tuple[Node, int]]
         self._send, self._receive = anyio.create_memory_object_stream[tuple[Node, int]](math.inf)
+        self._follow_send: MemoryObjectSendStream[tuple[Node, Work]]
+        self._follow_receive: MemoryObjectReceiveStream[tuple[Node, Work]]
+        self._follow_send, self._follow_receive = anyio.create_memory_object_stream[
+            tuple[Node, Work]
+        ](math.inf)
         self._running: dict[Node, anyio.CancelScope] = {}
         self._following: dict[Node, anyio.CancelScope] = {}
+        self._queued = 0  # follow-ups queued, not yet taken by a follower
         self._idle = anyio.Event()
         self._idle.set()
         self._draining = False
+        self._dropping = False  # drained: queued follow-ups are dropped
         self._tg: anyio.abc.TaskGroup | None = None
 
     def __repr__(self) -> str:
         queued = self._receive.statistics().current_buffer_used
         return (
             f"Dispatcher({len(self._running)}/{self._slots} busy, {queued} queued, "
-            f"{len(self._following)} following up)"
+            f"{len(self._following)} following up, {self._queued} to follow up)"
         )
 
     @property
@@ -80,24 +94,30 @@ class Dispatcher:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the workers until cancelled (the queue is closed then: a dispatcher runs once)."""
-        with self._send, self._receive:
+        with self._send, self._receive, self._follow_send, self._follow_receive:
             try:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
                     for _ in range(self._slots):
                         tg.start_soon(self._worker)
+                    for _ in range(self._followers):
+                        tg.start_soon(self._follower)
                     task_status.started()
             finally:
                 self._tg = None
 
-    def follow_up(self, node: Node, work: Callable[[], Awaitable[None]]) -> None:
-        """Run ``work`` (what follows ``node``'s build) as a task, outside the slots.
+    def follow_up(self, node: Node, work: Work) -> None:
+        """Run ``work`` (what follows ``node``'s build) on a follower, outside the slots.
 
         It is drained like a build.  When the dispatcher is not running, nothing
         runs: the node stays in its state in the journal and resumes on restart.
         """
-        if self._tg is not None:
-            self._tg.start_soon(self._tracked, self._following, node, work)
+        if self._tg is None or self._dropping:
+            return
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._queued += 1
+        self._follow_send.send_nowait((node, work))
 
     async def _worker(self) -> None:
         async for node, generation in self._receive:
@@ -105,11 +125,23 @@ class Dispatcher:
                 return
             await self._tracked(self._running, node, partial(self._realise, node, generation))
 
+    async def _follower(self) -> None:
+        async for node, work in self._follow_receive:
+            self._queued -= 1
+            if self._dropping:
+                self._check_idle()
+                continue
+            await self._tracked(self._following, node, work)
+
+    def _check_idle(self) -> None:
+        if not self._running and not self._following and not self._queued:
+            self._idle.set()
+
     async def _tracked(
         self,
         where: dict[Node, anyio.CancelScope],
         node: Node,
-        work: Callable[[], Awaitable[None]],
+        work: Work,
     ) -> None:
         with anyio.CancelScope() as scope:
             where[node] = scope
@@ -120,8 +152,7 @@ class Dispatcher:
                 log.exception("realising %s failed unexpectedly", node.key)
             finally:
                 del where[node]
-                if not self._running and not self._following:
-                    self._idle.set()
+                self._check_idle()
 
     async def drain(self, grace: float) -> None:
         """Take no new builds; wait up to ``grace`` seconds for running ones (and the
@@ -129,7 +160,9 @@ class Dispatcher:
         self._draining = True
         with anyio.move_on_after(grace):
             await self._idle.wait()
+        self._dropping = True
         for scope in [*self._running.values(), *self._following.values()]:
             scope.cancel()
+        self._check_idle()
         with anyio.move_on_after(max(grace, 1.0)):
             await self._idle.wait()

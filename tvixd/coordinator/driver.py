@@ -141,7 +141,9 @@ class NodeDriver:
             before.state,
         )
         self._machine.send(model, event, **facts)
-        node.record = record_of(model)
+        last = self._listener.last
+        # the record the listener journaled, when it journaled this model (nothing changes it after)
+        node.record = last[1] if last is not None and last[0] is model else record_of(model)
         if node.record.state is not before.state or node.record.attempt != before.attempt:
             self._entered(node)
 

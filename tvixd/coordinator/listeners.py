@@ -44,6 +44,8 @@ class DerivationJournal:
         self._journal = journal
         self._graph = graph
         self._clock = clock
+        self.last: tuple[DerivationModel, DerivationRecord] | None = None
+        """The last model journaled and its record (the driver reuses it: no second record)."""
 
     def __repr__(self) -> str:
         return f"DerivationJournal({self._journal!r})"
@@ -58,7 +60,9 @@ class DerivationJournal:
 
     def save(self, model: DerivationModel) -> None:
         """Journal ``model``'s current state."""
-        self.save_record(record_of(model))
+        record = record_of(model)
+        self.save_record(record)
+        self.last = (model, record)
 
     def save_record(self, record: DerivationRecord) -> None:
         """Journal ``record`` (also used for a fresh derivation's ``eval``)."""

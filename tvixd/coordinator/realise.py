@@ -5,14 +5,16 @@ derivation into a ``BuildRequest`` and runs it on the builder, streaming its
 log to the given sink; :meth:`Realiser.push` turns the result into path
 infos and puts them.  Both raise on failure (the driver classifies the
 exception with :func:`tvixd.coordinator.retry.classify` and reports it to
-the machine); neither knows about jobs or the journal.
+the machine); neither knows about jobs or the journal.  Neither sets its
+own deadline: the caller runs each under one (:attr:`Realiser.build_timeout`,
+:attr:`Realiser.push_timeout`), in the cancel scope it keeps to cancel the
+node (:class:`tvixd.coordinator.slots.BuildSlots`: one scope, not two, per
+step).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import anyio
 
 from clients.build.model import Build
 from clients.build.protocols import BuildService, LogSink
@@ -64,31 +66,43 @@ class Realiser:
     def __repr__(self) -> str:
         return f"Realiser({self._builder!r}, {self._pusher!r})"
 
+    @property
+    def build_timeout(self) -> float:
+        """Seconds :meth:`build` may take (preparing the inputs included), enforced by the caller."""
+        return self._build_timeout
+
+    @property
+    def push_timeout(self) -> float:
+        """Seconds :meth:`push` may take, enforced by the caller."""
+        return self._push_timeout
+
     async def build(self, node: Node, on_log: LogSink) -> Built:
         """Build ``node`` (its inputs are done and linked in ``node.inputs``).
 
-        Preparing the inputs and the build itself share one deadline.
+        Preparing the inputs and the build itself share one deadline (the caller's:
+        :attr:`build_timeout`).
         """
         drv = node.drv
         assert drv is not None, f"{node.key} is not loaded"
-        with anyio.fail_after(self._build_timeout):
-            used: dict[StorePath, tuple[StorePath, ...]] = {}
-            for child, names in node.inputs.items():
-                if child.drv is None:
-                    child.drv = await self._evaluator.read_derivation(child.drv_path)
-                outputs = child.output_paths()
-                used[child.drv_path] = tuple(outputs[name] for name in names)
-            closure = await self._inputs.for_derivation(drv, used)
-            translation = translate(drv, closure, build_cores=self._build_cores)
-            build = await self._builder.build(translation.request, on_log=on_log)
+        used: dict[StorePath, tuple[StorePath, ...]] = {}
+        for child, names in node.inputs.items():
+            if child.drv is None:
+                child.drv = await self._evaluator.read_derivation(child.drv_path)
+            outputs = child.output_paths()
+            used[child.drv_path] = tuple(outputs[name] for name in names)
+        closure = await self._inputs.for_derivation(drv, used)
+        translation = translate(drv, closure, build_cores=self._build_cores)
+        build = await self._builder.build(translation.request, on_log=on_log)
         return Built(build, translation.candidates)
 
     async def push(self, node: Node, built: Built) -> None:
-        """Put the path infos of ``built``'s outputs (see :mod:`tvixd.coordinator.push`)."""
+        """Put the path infos of ``built``'s outputs (see :mod:`tvixd.coordinator.push`).
+
+        The caller's deadline: :attr:`push_timeout`.
+        """
         drv = node.drv
         assert drv is not None, f"{node.key} is not loaded"
-        with anyio.fail_after(self._push_timeout):
-            infos = await self._pusher.path_infos(node.drv_path, drv, built.build, built.candidates)
-            await self._pusher.put(infos)
+        infos = await self._pusher.path_infos(node.drv_path, drv, built.build, built.candidates)
+        await self._pusher.put(infos)
         for info in infos:
             self._inputs.remember(info)

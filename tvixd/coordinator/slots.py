@@ -5,9 +5,9 @@
 :meth:`BuildSlots.realise`: the :class:`~tvixd.coordinator.realise.Realiser`
 builds it (log lines go to a :class:`~tvixd.coordinator.logs.BuildLog`) and
 the outcome is sent to the node's machine (``build_finished`` with the retry
-policy's classification).  A successful build's push is a follow-up task
-(:meth:`~tvixd.coordinator.dispatch.Dispatcher.follow_up`, at most
-``max(max_jobs, PUSHES)`` pushing at a time), so the slot takes the next build at once:
+policy's classification).  A successful build's push is a follow-up
+(:meth:`~tvixd.coordinator.dispatch.Dispatcher.follow_up`, on one of
+``max(max_jobs, PUSHES)`` followers), so the slot takes the next build at once:
 the push waits until ``build → push`` is durable, puts the path infos and
 sends ``push_finished``.  Events go through the driver (:class:`Steps`),
 which acts on the states they reach.
@@ -77,8 +77,8 @@ class BuildSlots:
         clock: Callable[[], int],
         log_cap: int = LOG_CAP,
     ) -> None:
-        self.dispatcher = Dispatcher(slots, self.realise)
-        self._pushing = anyio.CapacityLimiter(max(slots, PUSHES))
+        # pushes run on the dispatcher's followers: max(slots, PUSHES) at a time
+        self.dispatcher = Dispatcher(slots, self.realise, followers=max(slots, PUSHES))
         self._steps = steps
         self._realiser = realiser
         self._journal = journal
@@ -112,7 +112,9 @@ class BuildSlots:
         )
         node.fresh_log = False
         result: Built | Failure
-        with anyio.CancelScope() as scope:
+        # One scope: the build's deadline and the node's cancellation (cancel_node).
+        deadline = anyio.current_time() + self._realiser.build_timeout
+        with anyio.CancelScope(deadline=deadline) as scope:
             node.scope = scope
             try:
                 result = await self._realiser.build(node, sink)
@@ -122,8 +124,12 @@ class BuildSlots:
                     log.exception("building %s", node.key)
             finally:
                 node.scope = None
-        if scope.cancelled_caught or node.is_stale(generation, DrvState.BUILD):
-            return
+        if node.is_stale(generation, DrvState.BUILD):
+            return  # cancelled (a cancel moved the node), or moved on meanwhile
+        if scope.cancelled_caught:
+            if anyio.current_time() < deadline:
+                return
+            result = classify(TimeoutError())
         steps = self._steps
         if isinstance(result, Failure):
             steps.send(
@@ -145,19 +151,24 @@ class BuildSlots:
         if node.is_stale(generation, DrvState.PUSH):
             return
         failure = None
-        with anyio.CancelScope() as scope:
+        deadline = anyio.current_time() + self._realiser.push_timeout
+        # One scope: the push's deadline and the node's cancellation.
+        with anyio.CancelScope(deadline=deadline) as scope:
             node.scope = scope
             try:
-                async with self._pushing:
-                    await self._realiser.push(node, built)
+                await self._realiser.push(node, built)
             except Exception as exc:
                 failure = str(exc) or type(exc).__name__
                 if not isinstance(exc, InvalidRequest | StorageError | TimeoutError):
                     log.exception("pushing %s", node.key)
             finally:
                 node.scope = None
-        if scope.cancelled_caught or node.is_stale(generation, DrvState.PUSH):
+        if node.is_stale(generation, DrvState.PUSH):
             return
+        if scope.cancelled_caught:
+            if anyio.current_time() < deadline:
+                return
+            failure = f"the push did not finish within {self._realiser.push_timeout:g} s"
         if failure is None:
             self._steps.send(node, "push_finished", success=True)
         else:

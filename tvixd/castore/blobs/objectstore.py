@@ -52,7 +52,7 @@ import anyio.to_thread
 import blake3
 
 from clients.castore.model import B3Digest
-from clients.castore.streams import CHUNK_SIZE, BlobReader, rechunk
+from clients.castore.streams import CHUNK_SIZE, BlobReader, chunks_of, rechunk
 from clients.errors import StorageError
 from clients.store.sink import BlobSink
 from tvixd.castore.urls import local_path
@@ -372,6 +372,12 @@ class ObjectStoreBlobService:
             await anyio.to_thread.run_sync(file.close)
 
         return BlobReader(chunks(), close, description=path)
+
+    async def put_bytes(self, data: bytes) -> B3Digest:
+        """:meth:`put` of bytes held in memory (``put(chunks_of(data))``), without the streams."""
+        if len(data) <= CHUNK_SIZE:
+            return await self._put_small(bytes(data))
+        return await self.put(chunks_of(data))
 
     async def put(self, chunks: AsyncIterable[bytes]) -> B3Digest:
         pieces = rechunk(chunks)
