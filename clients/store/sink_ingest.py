@@ -22,10 +22,12 @@ byte is read once and no per-file work touches the event loop:
   be present already, the next one is only hashed first, and read again
   from the same inode to be written when it is absent (so re-ingesting an
   unchanged tree writes next to nothing);
-* the castore directories are built at the end from the recorded digests
-  (leaves first), after ``sink.flush()`` made every blob durable and
-  visible; they are put in one stream, so a crash leaves at most orphan
-  blobs, never a directory naming a missing blob.
+* the castore directories are built on the store thread as the walker
+  closes them (leaves first): each batch of small files carries the
+  directories closed since the last one, whose files' digests are all known
+  once the batch is stored; they are put in one stream at the end, after
+  ``sink.flush()`` made every blob durable and visible, so a crash leaves at
+  most orphan blobs, never a directory naming a missing blob.
 
 An error in any thread stops the walk (queues are bounded; the error is
 raised on the event loop); the sink is closed in every case, dropping the
@@ -114,8 +116,36 @@ def _entry_name(entry: os.DirEntry[bytes]) -> bytes:
     return entry.name
 
 
+class _Tree:
+    """The castore directories, built on the store thread as the walker closes them.
+
+    A closed directory's children are records (see ``_Child``); its files' digests
+    are ``digests[index]`` — stored by the time the directory arrives.
+    """
+
+    def __init__(self, digests: list[B3Digest]) -> None:
+        self.digests = digests
+        self.built: list[DirectoryNode] = []  # per closed directory, in closing order
+        self.directories: dict[B3Digest, Directory] = {}
+
+    def node(self, child: _Child) -> Node:
+        if child[0] == _FILE:
+            return FileNode(child[1], self.digests[child[2]], child[3], child[4])
+        if child[0] == _LINK:
+            return SymlinkNode(child[1], child[2])
+        sub = self.built[child[2]]
+        return DirectoryNode(child[1], sub.digest, sub.size)
+
+    def close(self, children: list[_Child]) -> None:
+        """The next closed directory (leaves first)."""
+        directory = Directory.from_nodes(map(self.node, children))
+        digest = directory.digest()
+        self.directories.setdefault(digest, directory)
+        self.built.append(DirectoryNode(b"", digest, directory.size()))
+
+
 class _Walk:
-    """The walker's state: NAR, queue to the hasher (then the store), records for the directories."""
+    """The walker's state: NAR, queue to the hasher (then the store), the directories closed."""
 
     def __init__(
         self,
@@ -128,7 +158,8 @@ class _Walk:
         self.nar = NarBytes(self.send)
         self.writer = NarWriter(self.nar.write)
         self._stages, self._items, self.pool = stages, items, pool
-        self.records: list[list[_Child]] = []  # per directory, in closing order (leaves first)
+        self.closed = 0  # directories closed so far (leaves first)
+        self._closing: list[list[_Child]] = []  # their children, not yet sent
         self.root_child: _Child | None = None
         self.files = self.file_bytes = self.symlinks = 0
         self._batch: list[bytes] = []
@@ -159,9 +190,11 @@ class _Walk:
                 continue
 
     def _send_batch(self) -> None:
-        if self._batch:
+        """Send the small files gathered and the directories closed since the last batch."""
+        if self._batch or self._closing:
             batch, self._batch, self._batch_bytes = self._batch, [], 0
-            self.send((SMALL, batch))
+            closing, self._closing = self._closing, []
+            self.send((SMALL, batch, closing))
 
     def run(self) -> Generator[None, None, None]:
         writer = self.writer
@@ -197,8 +230,9 @@ class _Walk:
                     break
                 open_dirs.pop()
                 writer.end_directory()
-                closed = (_DIR, dir_name, len(self.records))
-                self.records.append(children)
+                closed = (_DIR, dir_name, self.closed)
+                self.closed += 1
+                self._closing.append(children)
                 if open_dirs:
                     open_dirs[-1][1].append(closed)
                     writer.end_entry()
@@ -263,28 +297,6 @@ def _step(steps: Iterator[None]) -> bool:
     return next(steps, False) is None
 
 
-def _directories(walk: _Walk, digests: list[B3Digest]) -> tuple[Node, dict[B3Digest, Directory]]:
-    """The castore directories (leaves first) and the root node, from the walker's records."""
-    built: list[DirectoryNode] = []
-    directories: dict[B3Digest, Directory] = {}
-
-    def node(child: _Child) -> Node:
-        if child[0] == _FILE:
-            return FileNode(child[1], digests[child[2]], child[3], child[4])
-        if child[0] == _LINK:
-            return SymlinkNode(child[1], child[2])
-        sub = built[child[2]]
-        return DirectoryNode(child[1], sub.digest, sub.size)
-
-    for children in walk.records:
-        directory = Directory.from_nodes(map(node, children))
-        digest = directory.digest()
-        directories.setdefault(digest, directory)
-        built.append(DirectoryNode(b"", digest, directory.size()))
-    assert walk.root_child is not None
-    return node(walk.root_child), directories
-
-
 async def ingest_with_sink(
     path: str | os.PathLike[str],
     blobs: SinkProvider,
@@ -301,7 +313,9 @@ async def ingest_with_sink(
         pool.put(mmap.mmap(-1, LARGE_CHUNK))
     try:
         hasher = Hash(items, to_store, pool)
-        store = Store(sink, to_store, pool)
+        digests: list[B3Digest] = []
+        tree = _Tree(digests)
+        store = Store(sink, to_store, pool, digests=digests, on_directory=tree.close)
         walk = _Walk(os.fsencode(path), [hasher, store], items, pool)
         steps = walk.run()
         try:
@@ -324,7 +338,8 @@ async def ingest_with_sink(
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(sink.close)
-    root, dirs = _directories(walk, store.digests)
+    assert walk.root_child is not None
+    root, dirs = tree.node(walk.root_child), tree.directories
     if dirs:
         async with directories.put_multiple() as putter:
             for directory in dirs.values():
@@ -338,7 +353,7 @@ async def ingest_with_sink(
         nar_sha256=hasher.sha.digest(),
         files=walk.files,
         file_bytes=walk.file_bytes,
-        directories=len(walk.records),
+        directories=walk.closed,
         symlinks=walk.symlinks,
         blobs_uploaded=sink.blobs_written,
         bytes_uploaded=sink.bytes_written,

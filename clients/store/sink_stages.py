@@ -2,7 +2,9 @@
 
 Items travel walker → :class:`Hash` → :class:`Store` through bounded queues:
 ``(NAR, bytes)`` pieces of NAR framing and small contents (hashed, not
-passed on); ``(SMALL, [bytes, ...])`` small files; a large file as
+passed on); ``(SMALL, [bytes, ...], [directory, ...])`` small files and the
+directories closed since the last such item (the store builds them once the
+files are stored); a large file as
 ``(BEGIN, path, inode, size)``, ``(CHUNK, buffer, n)``…, ``(END,)``, its chunk
 buffers coming from (and going back to) a shared pool.
 """
@@ -118,11 +120,18 @@ class Store(Stage):
     """The store thread: contents into the sink, file digests in order."""
 
     def __init__(
-        self, sink: BlobSink, inbox: queue.Queue[Any], pool: queue.Queue[mmap.mmap]
+        self,
+        sink: BlobSink,
+        inbox: queue.Queue[Any],
+        pool: queue.Queue[mmap.mmap],
+        *,
+        digests: list[B3Digest],
+        on_directory: Callable[[Any], None],
     ) -> None:
         super().__init__(inbox, None, pool)
         self.sink = sink
-        self.digests: list[B3Digest] = []
+        self.digests = digests  # per file, in NAR order
+        self.on_directory = on_directory
         self._large: Any = None  # LargeBlobWriter, or a blake3 hasher when hashing first
         self._file: tuple[bytes, tuple[int, int], int] = (b"", (0, 0), 0)
         self._write_first = True
@@ -138,6 +147,8 @@ class Store(Stage):
             put, digests = self.sink.put, self.digests
             for data in item[1]:
                 digests.append(put(data))
+            for directory in item[2]:
+                self.on_directory(directory)
         elif kind == CHUNK:
             if isinstance(self._large, blake3.blake3):
                 with memoryview(item[1])[: item[2]] as view:

@@ -23,7 +23,12 @@ from clients.castore.model import B3Digest
 from clients.errors import StorageError
 from clients.store.sink import HashingSink, LargeBlobWriter
 from tvixd.castore.blobs.objectstore import ObjectStoreBlobService
-from tvixd.castore.blobs.sink import CREATE_BATCH, WRITES_IN_FLIGHT, ObjectStoreSink
+from tvixd.castore.blobs.sink import (
+    CREATE_BATCH,
+    LIST_MAX,
+    WRITES_IN_FLIGHT,
+    ObjectStoreSink,
+)
 
 CHUNK = 1 << 20
 
@@ -173,3 +178,47 @@ def test_short_chunks_keep_the_exact_contents_and_size(tmp_path: Path, sizes: li
     finally:
         sink.close()
     anyio.run(store.close)
+
+
+@pytest.mark.parametrize("list_max", [LIST_MAX, 0], ids=["listed", "stat-per-blob"])
+def test_present_blobs_are_skipped_and_late_ones_linked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, list_max: int
+) -> None:
+    """The sink knows the stored blobs (from each fan-out directory's listing, or a ``stat``
+    per blob for large directories): it writes none of them again; a blob another writer
+    stores after the listing is written once more and linked over it, contents intact
+    (asked by ``stat``, it is found)."""
+    monkeypatch.setattr("tvixd.castore.blobs.sink.LIST_MAX", list_max)
+    store = anyio.run(ObjectStoreBlobService.open, tmp_path / "blobs")
+    old = [os.urandom(200) + bytes([i]) for i in range(40)]
+    first = ObjectStoreSink(store)
+    try:
+        for data in old:
+            first.put(data)
+        first.flush()
+    finally:
+        first.close()
+    sink = ObjectStoreSink(store)
+    late = os.urandom(300)
+    try:
+        assert [sink.put(data) for data in old] == [B3Digest.of(data) for data in old]
+        assert sink.blobs_written == 0  # all present
+        # lists (or stats) the late blob's fan-out: absent; a missing fan-out counts as empty
+        listed = bool(list_max) or not store.path(B3Digest.of(late)).parent.exists()
+        assert not sink.has(B3Digest.of(late))
+        other = ObjectStoreSink(store)  # another writer stores it meanwhile
+        try:
+            other.put(late)
+            other.flush()
+        finally:
+            other.close()
+        assert sink.put(late) == B3Digest.of(late)
+        sink.flush()
+        assert sink.blobs_written == (1 if listed else 0)
+    finally:
+        sink.close()
+    assert store.path(B3Digest.of(late)).read_bytes() == late
+    for data in old:
+        assert store.path(B3Digest.of(data)).read_bytes() == data
+    anyio.run(store.close)
+    assert os.listdir(store.tmp) == []

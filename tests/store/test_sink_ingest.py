@@ -365,3 +365,35 @@ async def test_low_open_file_limit(tmp_path: Path) -> None:
     assert int(done.stdout) == 1500
     assert len(blob_files(tmp_path / "blobs")) == 1500
     assert corrupt_blobs(tmp_path / "blobs") == []
+
+
+async def test_directories_closed_around_large_files_and_batches(tmp_path: Path) -> None:
+    """The directories are built on the store thread as the walker closes them: directories
+    holding only large files, large files after a closed subdirectory, directories closed in
+    the middle of a small-file batch and across full batches, empty ones — the same graph
+    as the general path builds, and Nix's NAR."""
+    rng = random.Random(3)
+    root = tmp_path / "tree"
+    (root / "a" / "only-large").mkdir(parents=True)
+    (root / "a" / "only-large" / "big").write_bytes(rng.randbytes(MiB + 3))
+    (root / "a" / "z-after").write_bytes(rng.randbytes(2 * MiB))  # after a closed directory
+    (root / "b" / "c" / "d").mkdir(parents=True)  # only subdirectories, an empty one at the end
+    for d in range(3):  # 300 small files each: batches of 256 end inside directories
+        sub = root / "b" / "c" / f"many-{d}"
+        sub.mkdir()
+        for f in range(300):
+            (sub / f"{f:03}").write_bytes(rng.randbytes(rng.choice([0, 10, 5000])))
+        (sub / "zz-large").write_bytes(rng.randbytes(MiB + 1 + d))
+    general = await ingest_path(root, MemoryBlobService(), MemoryDirectoryService())
+    blobs = await ObjectStoreBlobService.open(tmp_path / "blobs")
+    directories = MemoryDirectoryService()
+    try:
+        fast = await ingest_path(root, blobs, directories)
+        assert isinstance(fast.node, DirectoryNode)
+        assert isinstance(general.node, DirectoryNode)
+        assert fast.node.digest == general.node.digest
+        assert fast.directories == general.directories == 9
+        rendered = b"".join([c async for c in render_nar(fast.node, blobs, directories)])
+        assert rendered == nix_dump(root)
+    finally:
+        await blobs.close()

@@ -87,6 +87,10 @@ WRITES_IN_FLIGHT = 3
 CREATORS = 2
 #: Small blobs per creator-thread call (count, bytes), and such calls queued at most.
 CREATE_BATCH, CREATE_BATCH_BYTES, CREATES_QUEUED = 64, 1 << 20, 4
+#: A fan-out directory up to this size (bytes, ``st_size``: ~850 names on ext4) is listed once
+#: and looked up in memory; a larger one is asked blob by blob (``stat``).  Bounds the names
+#: held to ~220000 (~35 MiB), reached with stores of ~220000 blobs.
+LIST_MAX = 64 << 10
 _ALIGN = 4096
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
@@ -300,6 +304,7 @@ class ObjectStoreSink:
         # temp files open at most: the group filling and those committing, plus 256 fan-outs
         self._group_files = max(8, min(GROUP_FILES, (limit - 512) // (GROUPS_IN_FLIGHT + 2)))
         self._known: set[bytes] = set()
+        self._listed: dict[str, frozenset[str] | None] = {}  # fan-out name -> names, or stat
         self._group: list[_Pending] = []
         self._group_bytes = 0
         self._committing: deque[Future[None]] = deque()
@@ -333,13 +338,29 @@ class ObjectStoreSink:
         return self._present(B3Digest(digest).hex(), digest)
 
     def _present(self, name: str, digest: bytes) -> bool:
+        """Whether blob ``name`` is stored: from the fan-out directory's listing, taken once
+        per sink (a blob another writer adds later is written again: linking it is fine)."""
+        fan_out = name[:2]
         try:
-            found = present(f"{self._root}/{name[:2]}/{name}")
+            names = self._listed[fan_out] if fan_out in self._listed else self._list(fan_out)
+            found = (
+                name in names if names is not None else present(f"{self._root}/{fan_out}/{name}")
+            )
         except OSError as exc:
-            raise StorageError(f"cannot stat blob {name} in {self._root}: {exc}") from exc
+            raise StorageError(f"cannot look up blob {name} in {self._root}: {exc}") from exc
         if found:
             self._known.add(digest)
         return found
+
+    def _list(self, fan_out: str) -> frozenset[str] | None:
+        path = f"{self._root}/{fan_out}"
+        try:
+            small = os.stat(path).st_size <= LIST_MAX
+            names = frozenset(os.listdir(path)) if small else None
+        except FileNotFoundError:
+            names = frozenset()
+        self._listed[fan_out] = names
+        return names
 
     def _temp(self) -> Temp:
         try:
