@@ -8,7 +8,7 @@ modules and register themselves with :func:`build_parser`:
   ``-o``: :mod:`clients.tvixctl.results`);
 * ``tvixctl jobs | status | watch | logs | cancel`` —
   :mod:`clients.tvixctl.jobs`, over :mod:`clients.tvixctl.coordinator`;
-* ``tvixctl store …`` — :mod:`clients.tvixctl.store` (import, export, ls, cat,
+* ``tvixctl store …`` — :mod:`clients.tvixctl.store_cli` and :mod:`clients.tvixctl.store` (import, export, ls, cat,
   path-info, nar, verify).
 
 Every command takes ``--socket PATH`` (default: ``$TVIXD_SOCKET`` or the
@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Sequence
+from typing import Any
 
-from clients.tvixctl import build, jobs, store
+from clients.tvixctl import build, jobs, store_cli
 from clients.tvixctl.common import add_common, runner
 
 __all__ = ["build_parser", "main"]
@@ -46,10 +47,23 @@ Run 'tvixctl COMMAND --help' for a command's options and examples.
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # only for --version: slow
+
     try:
         return version("tvixd")
     except PackageNotFoundError:
         return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"tvixctl {_version()}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,13 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"tvixctl {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)
     add_common(common)
     build.register(commands, [common], runner)
     jobs.register(commands, [common], runner)
-    store.register(commands)
+    store_cli.register(commands)
     return parser
 
 

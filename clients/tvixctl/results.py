@@ -23,9 +23,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from clients.store.ingest import export_node
 from clients.tvixctl.common import CommandError
-from clients.tvixctl.store import connect, resolve
 
 __all__ = ["ResultLink", "check_destination", "export_results", "plan_results"]
 
@@ -88,6 +86,10 @@ def _put_in_place(tmp: Path, dest: Path) -> None:
 
 async def export_results(socket: str, links: Sequence[ResultLink]) -> None:
     """Write every link's store path (from the daemon at ``socket``) to its destination."""
+    # the store client loads only when there are results to write (a build's own start-up)
+    from clients.store.ingest import export_node
+    from clients.tvixctl.store import connect, resolve
+
     async with connect(socket) as store:
         for link in links:
             await anyio.to_thread.run_sync(check_destination, link.dest)

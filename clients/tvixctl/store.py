@@ -7,7 +7,9 @@ touches the store's files.  When nothing listens on the socket, the message
 names it and says how to start a server.
 
 A ``STORE_PATH[/sub]`` argument is ``/nix/store/<hash>-<name>``, optionally
-followed by a path inside it; symlinks inside are not followed.
+followed by a path inside it; symlinks inside are not followed.  The command
+line is defined in :mod:`clients.tvixctl.store_cli`, which imports this
+module only when a ``store`` command runs.
 """
 
 from __future__ import annotations
@@ -32,29 +34,12 @@ from clients.store.grpc import GrpcPathInfoService
 from clients.store.ingest import export_node, import_path_as_store_path
 from clients.store.model import PathInfo
 from clients.store.nar import CastoreNarCalculator, render_nar
-from clients.tvixctl.common import CommandError, default_socket
+from clients.tvixctl.common import CommandError
 from nixcompat.errors import NixCompatError
 from nixcompat.hash import HashAlgo, NixHash
 from nixcompat.storepath import StorePath, split_absolute_path
 
 DEFAULT_SOCKET = "/run/tvixd/tvixd.sock"
-
-_EXAMPLES = """\
-examples:
-  tvixctl store import ./src --name my-src     # prints /nix/store/<hash>-my-src
-  tvixctl store ls /nix/store/<hash>-my-src/lib
-  tvixctl store cat /nix/store/<hash>-my-src/README
-  tvixctl store path-info --json /nix/store/<hash>-my-src
-  tvixctl store nar /nix/store/<hash>-my-src > my-src.nar
-  tvixctl store export /nix/store/<hash>-my-src ./copy
-  tvixctl store verify
-
-Start a store server for these commands with:
-  python -m tvixd.store.serve --listen unix:/run/tvixd/tvixd.sock \\
-      --blob-service objectstore+file:///var/lib/tvixd/blobs \\
-      --directory-service sqlite:///var/lib/tvixd/store.db \\
-      --path-info-service sqlite:///var/lib/tvixd/store.db
-"""
 
 
 @dataclass(frozen=True)
@@ -320,124 +305,4 @@ async def cmd_verify(store: Store, args: argparse.Namespace) -> int:
 Command = Callable[[Store, argparse.Namespace], Awaitable[int]]
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        async def go() -> int:
-            async with connect(args.socket) as store:
-                return await command(store, args)
-
-        try:
-            return anyio.run(go)
-        except Exception as exc:  # task groups wrap errors: report the one that matters
-            leaf = _leaf(exc)
-            if isinstance(leaf, BrokenPipeError):
-                return 1
-            if not isinstance(leaf, CommandError | StoreError | NixCompatError | OSError):
-                raise
-            print(f"tvixctl: error: {leaf}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
-
-    return run
-
-
-def register(groups: Any) -> None:
-    """Add ``store`` and its subcommands to the top-level subparsers ``groups``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--socket",
-        default=default_socket(),
-        help="the daemon's (or store server's) unix socket (default: $TVIXD_SOCKET or "
-        "tvixd's default, here %(default)s)",
-    )
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = groups.add_parser(
-        "store",
-        help="import, inspect, export and verify store paths",
-        description="Store paths in a tvixd store, over its unix socket.",
-        epilog=_EXAMPLES,
-        formatter_class=raw,
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def add(name: str, command: Command, help: str, epilog: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = commands.add_parser(
-            name,
-            parents=[common],
-            help=help,
-            description=help[0].upper() + help[1:] + ".",
-            epilog="example:\n  " + epilog,
-            formatter_class=raw,
-        )
-        sub.set_defaults(run=_runner(command))
-        return sub
-
-    sub = add(
-        "import",
-        cmd_import,
-        "add a file or directory like 'nix-store --add' and print its store path",
-        "tvixctl store import ./src --name my-src",
-    )
-    sub.add_argument("path", help="the file, directory or symlink to add")
-    sub.add_argument("--name", help="the store path name (default: the path's base name)")
-
-    sub = add(
-        "export",
-        cmd_export,
-        "write a store path (or something inside it) to DEST, which must not exist",
-        "tvixctl store export /nix/store/<hash>-my-src ./copy",
-    )
-    sub.add_argument("store_path", metavar="STORE_PATH[/sub]")
-    sub.add_argument("dest", metavar="DEST")
-
-    sub = add(
-        "ls",
-        cmd_ls,
-        "list a directory in a store path: type and mode, size, name, symlink target",
-        "tvixctl store ls /nix/store/<hash>-my-src/lib",
-    )
-    sub.add_argument("store_path", metavar="STORE_PATH[/sub]")
-
-    sub = add(
-        "cat",
-        cmd_cat,
-        "write a regular file in a store path to stdout",
-        "tvixctl store cat /nix/store/<hash>-my-src/README",
-    )
-    sub.add_argument("store_path", metavar="STORE_PATH/file")
-
-    sub = add(
-        "path-info",
-        cmd_path_info,
-        "show a store path's NarHash, NarSize, References, Deriver, Sigs and CA",
-        "tvixctl store path-info --json /nix/store/<hash>-my-src",
-    )
-    sub.add_argument("store_path", metavar="STORE_PATH")
-    sub.add_argument("--json", action="store_true", help="like 'nix path-info --json'")
-
-    sub = add(
-        "nar",
-        cmd_nar,
-        "write the NAR of a store path to stdout (like 'nix-store --dump')",
-        "tvixctl store nar /nix/store/<hash>-my-src > my-src.nar",
-    )
-    sub.add_argument("store_path", metavar="STORE_PATH[/sub]")
-
-    sub = add(
-        "verify",
-        cmd_verify,
-        "check every path: references present, every directory and blob present and intact, "
-        "NAR hash and size as recorded; exits 1 on any problem",
-        "tvixctl store verify --verbose",
-    )
-    sub.add_argument("--verbose", "-v", action="store_true", help="also list the good paths")
-
-
-__all__ = ["DEFAULT_SOCKET", "CommandError", "Store", "connect", "register", "resolve"]
+__all__ = ["DEFAULT_SOCKET", "Command", "CommandError", "Store", "connect", "resolve"]
