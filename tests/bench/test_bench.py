@@ -78,8 +78,10 @@ def test_runner_with_a_tiny_graph(tmp_path: Path) -> None:
         "nix_instantiate_s", "nix_instantiate_again_s", "dummy_build_s", "dummy_build_cpu_s",
         "dummy_noop_s", "dummy_ms_per_drv", "dummy_ms_per_drv_minus_eval",
         "dummy_cpu_ms_per_drv", "alone_wall_s", "alone_cpu_s", "alone_ms_per_drv_minus_eval",
+        "dummy_job_eval_s", "dummy_ms_per_drv_minus_job_eval",
     ):  # fmt: skip
         assert isinstance(graph[key], float), key
+    assert 0 < graph["dummy_job_eval_s"] < graph["dummy_build_s"]  # from the job's own events
     assert "nix_build_s" not in graph  # --no-nix
     verdicts = {t["target"].split(",")[0]: t["met"] for t in report["targets"]}
     assert verdicts["graph build"] is None  # not measured: neither met nor missed
@@ -119,3 +121,12 @@ def test_targets_from_a_full_graph_result() -> None:
     assert [row["met"] for row in rows] == [True, False, True, False, False]  # largest graphs
     assert [row["value"] for row in rows[:2]] == [1.2, 1.7]
     assert "shallow" in rows[1]["target"]
+    assert rows[3]["value"] == 6.0  # an older result: minus a separate nix-instantiate
+    # with the job's own evaluation time measured, the target uses it (the other is noted)
+    timed = {**graph, "dummy_ms_per_drv_minus_job_eval": 1.8}
+    [row] = [
+        r for r in targets({"graph": {"result": {"graphs": [timed]}}}) if "daemon" in r["target"]
+    ]
+    assert (row["value"], row["met"]) == (1.8, True)
+    assert "own evaluation" in row["target"]
+    assert "6.00 ms/drv" in row["note"]
