@@ -5,12 +5,13 @@ from __future__ import annotations
 import configparser
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tvixd.config import load_config
-from tvixd.daemon import CLOSE_TIMEOUT
+from tvixd.daemon import CLOSE_TIMEOUT, SWITCH_INTERVAL, tune_threads
 
 UNITS = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
 
@@ -65,3 +66,15 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert problems == []
+
+
+def test_tune_threads_shortens_the_switch_interval() -> None:
+    """The daemon (owning its process) lets a waiting thread have the GIL after 0.5 ms."""
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        tune_threads()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        assert SWITCH_INTERVAL < 0.005
+    finally:
+        sys.setswitchinterval(before)
