@@ -24,8 +24,9 @@ hook against the library on random event sequences):
   state does not allow, an unknown event or any event in a final state —
   checked before the facts; ``InvalidFacts`` for facts that do not match the
   event's declaration; whatever a guard, action or listener raises;
-* events are atomic: when anything raises, every field of the model
-  (``state`` included) is put back as it was, and the exception propagates;
+* events are atomic: when anything raises, every field of the model (a
+  dataclass instance; others are refused with ``TypeError``), ``state``
+  included, is put back as it was, and the exception propagates;
 * listener hooks have the library's names and run in the library's order
   (``before_transition``, ``before_<event>``, ``on_exit_state``,
   ``on_exit_<source>``, ``on_transition``, ``on_<event>``, ``on_enter_state``,
@@ -47,7 +48,6 @@ refused.  Guards and actions may use ``self.model`` only.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, is_dataclass
@@ -129,8 +129,8 @@ class CompiledMachine(Generic[ModelT]):
         self._allowed = _CONTEXT | {fact.name for facts in self._facts.values() for fact in facts}
         self._states: dict[Any, State] = dict(machine.states_map)
         self._events: dict[str, Event] = {str(event): event for event in machine._events}
-        # the model types seen, with their dataclass fields (None: not a dataclass)
-        self._model_types: dict[type, tuple[str, ...] | None] = {}
+        # the model types seen, with their dataclass fields
+        self._model_types: dict[type, tuple[str, ...]] = {}
         self._check_machine()
         self._check_listeners()
         self._table: dict[Any, dict[str, tuple[_Step, ...]]] = {}
@@ -253,8 +253,9 @@ class CompiledMachine(Generic[ModelT]):
             found = sorted(c for c in conventions if hasattr(kind, c))
             if found:
                 raise TypeError(f"{kind.__name__} defines the hook(s) {', '.join(found)} itself")
-        names = tuple(f.name for f in fields(kind)) if is_dataclass(kind) else None
-        self._model_types[kind] = names
+        if not is_dataclass(kind):
+            raise TypeError(f"a model must be a dataclass instance, got {kind.__name__}")
+        self._model_types[kind] = tuple(f.name for f in fields(kind))
 
     # -- running ---------------------------------------------------------------------------
 
@@ -287,17 +288,12 @@ class CompiledMachine(Generic[ModelT]):
         else:
             raise TransitionNotAllowed(self._events[event], OrderedSet([source]))
         # a snapshot of the fields, put back when anything raises (cheaper than copy.copy)
-        saved = [getattr(model, name) for name in names] if names is not None else None
-        copied = copy.copy(model) if names is None else None
+        saved = [getattr(model, name) for name in names]
         try:
             self._run(step, holder, model, kwargs)
         except BaseException:
-            if saved is not None and names is not None:
-                for name, value in zip(names, saved, strict=True):
-                    setattr(model, name, value)
-            else:
-                for field in fields(copied):  # type: ignore[arg-type]
-                    setattr(model, field.name, getattr(copied, field.name))
+            for name, value in zip(names, saved, strict=True):
+                setattr(model, name, value)
             raise
 
     def _plain_facts(self, event: str, facts: dict[str, object]) -> bool:

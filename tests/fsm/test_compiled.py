@@ -216,3 +216,15 @@ def test_a_model_defining_hooks_is_refused() -> None:
     compiled = CompiledMachine(JobMachine)
     with pytest.raises(TypeError, match="on_enter_failed"):
         compiled.send(Model("job", None, JobState.QUEUED), "start")
+
+
+def test_a_model_that_is_not_a_dataclass_is_refused() -> None:
+    """Atomic events put every field back: only a dataclass says what its fields are."""
+
+    class Plain:
+        def __init__(self) -> None:
+            self.state = JobState.QUEUED
+
+    compiled = CompiledMachine(JobMachine)
+    with pytest.raises(TypeError, match="must be a dataclass instance, got Plain"):
+        compiled.send(Plain(), "start")  # type: ignore[arg-type]
