@@ -154,7 +154,15 @@ class BlobReader:
 
 
 async def put_bytes(blobs: BlobService, data: bytes) -> B3Digest:
-    """Store ``data`` in ``blobs`` in chunks; the digest the service computed."""
+    """Store ``data`` in ``blobs`` in chunks; the digest the service computed.
+
+    A service with a ``put_bytes(data)`` method of its own (the objectstore: a
+    small blob without the streams) is given the bytes directly.
+    """
+    own = getattr(blobs, "put_bytes", None)
+    if own is not None:
+        digest: B3Digest = await own(data)
+        return digest
     return await blobs.put(chunks_of(data))
 
 

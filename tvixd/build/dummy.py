@@ -18,9 +18,6 @@ It does not replace the OCI builder in tests that check real builds.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from functools import partial
-
 import anyio
 
 from clients.build.errors import BuildFailed
@@ -67,14 +64,12 @@ class DummyBuildService:
             text = reason.decode("utf-8", "replace") if reason else "fail_all is set"
             raise BuildFailed(f"dummy build failed on request: {text}", exit_code=1)
         nodes = []
-        blobs = self._blobs
-        put: Callable[[bytes], Awaitable[B3Digest]] | None = None
-        if blobs is not None:
-            # the service's own put_bytes when it has one (objectstore: no streams, small blobs)
-            put = getattr(blobs, "put_bytes", None) or partial(put_bytes, blobs)
         for output in request.outputs:
             data = f"dummy output /{output}\n".encode()
-            digest = B3Digest.of(data) if put is None else await put(data)
+            if self._blobs is not None:
+                digest = await put_bytes(self._blobs, data)
+            else:
+                digest = B3Digest.of(data)
             node = FileNode(output.rsplit("/", 1)[-1].encode(), digest, len(data))
             if self._blobs is not None:
                 self.nar_memo.put_file(node, data)
