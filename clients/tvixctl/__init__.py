@@ -8,8 +8,9 @@ modules and register themselves with :func:`build_parser`:
   ``-o``: :mod:`clients.tvixctl.results`);
 * ``tvixctl jobs | status | watch | logs | cancel`` —
   :mod:`clients.tvixctl.jobs`, over :mod:`clients.tvixctl.coordinator`;
-* ``tvixctl store …`` — :mod:`clients.tvixctl.store_cli` and :mod:`clients.tvixctl.store` (import, export, ls, cat,
-  path-info, nar, verify).
+* ``tvixctl store …`` — :mod:`clients.tvixctl.store_cli` (its command line)
+  and :mod:`clients.tvixctl.store` (import, export, ls, cat, path-info, nar,
+  verify; loaded only when one of them runs).
 
 Every command takes ``--socket PATH`` (default: ``$TVIXD_SOCKET`` or the
 socket tvixd listens on by default, :func:`clients.tvixctl.common.default_socket`).

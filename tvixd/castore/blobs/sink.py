@@ -33,8 +33,8 @@ output of a few files) therefore stay with per-file fsyncs.
 Large blobs are hashed while they are written, with ``O_DIRECT`` when the
 chunks allow it (page-aligned; a short last chunk goes out padded to a page
 and the file is truncated to the blob's size before it is synced): no copy
-through the page cache, which costs more CPU than hashing on a 2-core machine.  The writes
-run on helper threads, up to :data:`WRITES_IN_FLIGHT` chunks at a time
+through the page cache, which costs more CPU than hashing on a 2-core
+machine.  The writes run on helper threads, up to :data:`WRITES_IN_FLIGHT` chunks at a time
 when the caller passes a ``release`` callback (the caller's buffer comes
 back once its write and its hashing are done), so the caller hashes the
 next chunks while earlier ones are still being written; ``finish`` does not
@@ -339,7 +339,8 @@ class ObjectStoreSink:
 
     def _present(self, name: str, digest: bytes) -> bool:
         """Whether blob ``name`` is stored: from the fan-out directory's listing, taken once
-        per sink (a blob another writer adds later is written again: linking it is fine)."""
+        per sink (a blob another writer adds later is written again and finds its name taken:
+        harmless, the same bytes)."""
         fan_out = name[:2]
         try:
             names = self._listed[fan_out] if fan_out in self._listed else self._list(fan_out)
