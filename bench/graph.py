@@ -32,11 +32,13 @@ Measured in one run, for each ``N`` (default 200 and 1000, and 1000 shallow;
   (:func:`coordinator_alone`: memory stores, ``dummy://``, no gRPC, the same
   file and ``--jobs``), wall minus evaluation and CPU per derivation.
 
-The ``dummy://`` daemon runs right after Nix's evaluation, before the OCI
-and ``nix-build`` runs: those delete thousands of scratch files, and on ext4
-without a journal every inode created in the next minutes skips the recently
-deleted ones (``recently_deleted()``), which once doubled the dummy daemon's
-blob-writing CPU.  Its overhead subtracts the job's own evaluation (from the
+The overhead of every graph (Nix's evaluation, the ``dummy://`` daemon, the
+coordinator alone) is measured first, then the real builds of every graph,
+and nothing is deleted before the end (:func:`run_all`): the builds and the
+cleanups delete thousands of files, and on ext4 without a journal every inode
+created in the next minutes skips the recently deleted ones
+(``recently_deleted()``), which once doubled the dummy daemon's blob-writing
+CPU.  Its overhead subtracts the job's own evaluation (from the
 job's events: ``EVALUATING`` to its next state), not the separate
 ``nix-instantiate`` run (reported beside it).
 
@@ -93,13 +95,14 @@ from tvixd.store.pathinfo.memory import MemoryPathInfoService
 
 __all__ = [
     "GraphRun",
+    "Measurement",
     "api_build",
     "coordinator_alone",
     "graph_deps",
     "graph_nix",
     "main",
-    "measure",
     "nix_cleanup",
+    "run_all",
     "tvixctl_build",
     "write_graph",
 ]
@@ -351,7 +354,7 @@ def _thread_delta(before: ThreadStats, after: ThreadStats, daemon: TvixDaemon) -
 
 
 class GraphRun:
-    """The daemons and scratch space of one benchmark run (see :func:`measure`)."""
+    """The daemons and scratch space of one benchmark run (see :func:`run_all`)."""
 
     def __init__(self, work: Path, jobs: int, profile: Path | None = None) -> None:
         self.work = work
@@ -378,31 +381,35 @@ class GraphRun:
         self._stack.close()
 
 
-def measure(
-    graph: GraphRun,
-    nodes: int,
-    *,
-    width: int = 10,
-    refs: bool = True,
-    nix: bool = True,
-    oci: bool = True,
-) -> dict[str, Any]:
-    """Every figure of the module docstring for one graph, as a JSON-ready dict."""
-    file = write_graph(graph.work, nodes, width, refs=refs)
-    result: dict[str, Any] = {"nodes": nodes, "width": width, "refs": refs, "jobs": graph.jobs}
-    salts: list[str] = []
+class Measurement:
+    """One graph's figures (a JSON-ready dict), taken in two phases (see :func:`run_all`).
 
-    def salt() -> str:
-        salts.append(fresh_salt())
-        return salts[-1]
+    The ``.drv`` files and outputs of every salt used are deleted by :meth:`cleanup`.
+    """
 
-    try:
-        eval_salt = salt()
+    def __init__(self, graph: GraphRun, nodes: int, *, width: int = 10, refs: bool = True) -> None:
+        self.graph = graph
+        self.nodes = nodes
+        self.file = write_graph(graph.work, nodes, width, refs=refs)
+        self.result: dict[str, Any] = {
+            "nodes": nodes,
+            "width": width,
+            "refs": refs,
+            "jobs": graph.jobs,
+        }
+        self.salts: list[str] = []
+
+    def salt(self) -> str:
+        self.salts.append(fresh_salt())
+        return self.salts[-1]
+
+    def overhead(self) -> None:
+        """Nix's evaluation, the ``dummy://`` daemon (build and no-op), the coordinator alone."""
+        graph, file, result = self.graph, self.file, self.result
+        eval_salt = self.salt()
         result["nix_instantiate_s"], _ = timed(lambda: nix_instantiate(file, eval_salt))
         result["nix_instantiate_again_s"], _ = timed(lambda: nix_instantiate(file, eval_salt))
-        # first: the OCI and nix-build runs below create and delete thousands of scratch
-        # inodes, and new inodes near recently deleted ones cost more (see the docstring)
-        daemon, dummy_salt = graph.daemon("dummy"), salt()
+        daemon, dummy_salt = graph.daemon("dummy"), self.salt()
         result["load_before"] = os.getloadavg()[0]
         threads = daemon_threads(daemon)
         wall, cpu, client, count, job_id = _timed_tvixd(daemon, file, dummy_salt)
@@ -413,12 +420,19 @@ def measure(
         result["dummy_job_eval_s"] = anyio.run(job_evaluation_s, daemon.socket, job_id)
         wall, cpu, _, _, _ = _timed_tvixd(daemon, file, dummy_salt)
         result.update(dummy_noop_s=wall, dummy_noop_cpu_s=cpu)
+        alone_salt, alone_state = self.salt(), graph.work / f"alone-{file.stem}"
+        alone = anyio.run(coordinator_alone, file, alone_salt, graph.jobs, alone_state)
+        result.update({f"alone_{key}": value for key, value in alone.items()})
+
+    def builds(self, *, nix: bool = True, oci: bool = True) -> None:
+        """The real builds: sandboxed ``nix-build`` and tvixd's OCI builder, each with a no-op."""
+        graph, file, result = self.graph, self.file, self.result
         if nix:
-            nix_salt = salt()
+            nix_salt = self.salt()
             result["nix_build_s"], _ = timed(lambda: nix_build(file, nix_salt, graph.jobs))
             result["nix_noop_s"], _ = timed(lambda: nix_build(file, nix_salt, graph.jobs))
         if oci:
-            daemon, oci_salt = graph.daemon("oci"), salt()
+            daemon, oci_salt = graph.daemon("oci"), self.salt()
             wall, cpu, _, count, _ = _timed_tvixd(daemon, file, oci_salt)
             result.update(tvixd_build_s=wall, tvixd_build_cpu_s=cpu, tvixd_derivations=count)
             wall, cpu, _, _, _ = _timed_tvixd(daemon, file, oci_salt)
@@ -427,13 +441,41 @@ def measure(
             if state != "SUCCEEDED":
                 raise BenchError(f"the no-op rebuild through the API ended {state}")
             result["tvixd_noop_api_s"] = wall
-        alone_salt, alone_state = salt(), graph.work / f"alone-{file.stem}"
-        alone = anyio.run(coordinator_alone, file, alone_salt, graph.jobs, alone_state)
-        result.update({f"alone_{key}": value for key, value in alone.items()})
+
+    def cleanup(self) -> None:
+        nix_cleanup(self.file, self.salts)
+
+    def finished(self) -> dict[str, Any]:
+        """The result with the derived figures."""
+        return {**self.result, **_derived(self.result, self.nodes)}
+
+
+def run_all(
+    graph: GraphRun,
+    runs: Sequence[tuple[int, bool]],
+    *,
+    width: int = 10,
+    nix: bool = True,
+    oci: bool = True,
+) -> list[dict[str, Any]]:
+    """Every figure of the module docstring for each ``(nodes, refs)`` graph.
+
+    The overhead of every graph is measured first, then the real builds, and
+    nothing is deleted before the end: the builds and the cleanups delete
+    thousands of files, which slows the creation of files near them for
+    minutes on ext4 without a journal (see the module docstring).
+    """
+    measurements: list[Measurement] = []
+    try:
+        for nodes, refs in runs:
+            measurements.append(Measurement(graph, nodes, width=width, refs=refs))
+            measurements[-1].overhead()
+        for measurement in measurements:
+            measurement.builds(nix=nix, oci=oci)
     finally:
-        nix_cleanup(file, salts)
-    result.update(_derived(result, nodes))
-    return result
+        for measurement in measurements:
+            measurement.cleanup()
+    return [measurement.finished() for measurement in measurements]
 
 
 def _derived(r: dict[str, Any], nodes: int) -> dict[str, Any]:
@@ -457,7 +499,7 @@ def _derived(r: dict[str, Any], nodes: int) -> dict[str, Any]:
 
 
 def table(results: Sequence[dict[str, Any]]) -> Iterator[str]:
-    """Human-readable lines for :func:`measure` results."""
+    """Human-readable lines for :func:`run_all` results."""
     for r in results:
         n = r["nodes"]
         shallow = "" if r["refs"] else ", shallow: outputs refer to nothing"
@@ -531,21 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(n, True) for n in sizes] + [(n, False) for n in shallow]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    results = []
+    results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="graph-bench-") as tmp:
         graph = GraphRun(Path(tmp), args.jobs, args.profile)
         try:
-            for nodes, refs in runs:
-                results.append(
-                    measure(
-                        graph,
-                        nodes,
-                        width=args.width,
-                        refs=refs,
-                        nix=not args.no_nix,
-                        oci=not args.no_oci,
-                    )
-                )
+            results = run_all(
+                graph, runs, width=args.width, nix=not args.no_nix, oci=not args.no_oci
+            )
         finally:
             graph.close()
     for line in table(results):

@@ -15,6 +15,12 @@ and ``DIR/<date>-<host>.md`` (the tables), and prints the Markdown.  ``DIR``
 defaults to ``bench/results``.  ``--render RESULTS.json`` only writes the
 Markdown of an earlier run again.  Timings are never asserted anywhere: the
 targets are reported as met or missed.  Nix's sandbox needs root.
+
+It first syncs and waits ``--settle`` seconds (370; 0 with ``--quick``): on
+ext4 without a journal, files created within ~6 minutes of a mass delete —
+such as the previous run's cleanup — cost far more CPU (the allocator skips
+every recently deleted inode), which the benches would otherwise measure
+(``bench/store_ingest.py`` waits again, after the benches before it).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -268,10 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--render", type=Path, metavar="RESULTS.json", help="only rewrite the Markdown of a run"
     )
+    parser.add_argument(
+        "--settle", type=float, help="seconds to wait after a sync first (370; --quick: 0)"
+    )
     args = parser.parse_args(argv)
     if args.render:
         rerender(args.render)
         return 0
+    settle = args.settle if args.settle is not None else 0.0 if args.quick else 370.0
+    if settle:
+        print(f"letting the file system settle for {settle:g} s (--settle)", flush=True)
+        os.sync()
+        time.sleep(settle)
     now = datetime.datetime.now(datetime.UTC)
     report: dict[str, Any] = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),

@@ -62,7 +62,7 @@ def test_runner_with_a_tiny_graph(tmp_path: Path) -> None:
     """``run.py --only graph`` with 5 derivations, the dummy builder only: both result files."""
     require_tool("nix-instantiate")
     proc = _run(
-        "bench/run.py", "--only", "graph", "--out", str(tmp_path),
+        "bench/run.py", "--only", "graph", "--out", str(tmp_path), "--settle", "0",
         "--graph-args", "--nodes 5 --no-nix --no-oci",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
