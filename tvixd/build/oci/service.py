@@ -25,8 +25,10 @@ the bundle removed and the store directory swept (everything the build
 created in it removed), shielded and bounded; a failed build puts nothing
 into the castore.  State directory layout: ``builds/`` (bundles, recycled
 store directories, shared root file systems), ``inputs/``
-(materialized inputs), ``runc/`` (runc's state), ``lock`` (one builder per
-state directory).  Opening the builder removes what a crash left there.
+(materialized inputs), ``runc-root`` (where runc's state is: a private
+directory on a tmpfs, :mod:`~tvixd.build.oci.runcroot`; ``runc/`` here when
+there is none), ``lock`` (one builder per state directory).  Opening the
+builder removes what a crash left there.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from tvixd.build.oci.outputs import (
     fixed_output_of,
     hash_mismatch,
 )
+from tvixd.build.oci.runcroot import close_runc_root, open_runc_root
 from tvixd.build.oci.runner import CLEANUP_TIMEOUT, Runc, RunResult
 from tvixd.build.oci.storedirs import StoreDir, StoreDirPool, sweep
 
@@ -114,12 +117,16 @@ def _lock(path: Path) -> IO[bytes]:
     return f
 
 
-def _setup(state: Path) -> tuple[Path, IO[bytes]]:
+def _setup(state: Path) -> tuple[Path, IO[bytes], Path]:
     state = state.absolute()
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = _lock(state / "lock")
-    (state / "runc").mkdir(mode=0o700, exist_ok=True)
-    return state, lock
+    try:
+        runc_root = open_runc_root(state)
+    except BaseException:
+        lock.close()
+        raise
+    return state, lock, runc_root
 
 
 def _clear_builds(builds: Path, inputs: Path) -> bool:
@@ -141,6 +148,7 @@ class OciBuildService:
         inputs: InputCache,
         lock: IO[bytes],
         config: OciConfig,
+        runc_root: Path | None = None,
     ) -> None:
         self._state = state_dir
         self._blobs = blobs
@@ -152,7 +160,8 @@ class OciBuildService:
         self._slots = anyio.Semaphore(self.max_builds)
         self.timeout = config.timeout
         self.sandbox = config.sandbox
-        self._runc = Runc(state_dir / "runc", runc=config.runc)
+        self._runc_root = runc_root or state_dir / "runc"
+        self._runc = Runc(self._runc_root, runc=config.runc)
         self._allowed_ro = frozenset(config.allowed_ro_paths)
         self.systems = frozenset(default_systems() if config.systems is None else config.systems)
         self._link_limit = config.link_limit
@@ -169,10 +178,10 @@ class OciBuildService:
         config: OciConfig | None = None,
     ) -> OciBuildService:
         """A builder over ``state_dir`` (created if needed); clears what a crash left behind."""
-        state, lock = await anyio.to_thread.run_sync(_setup, Path(state_dir))
+        state, lock, runc_root = await anyio.to_thread.run_sync(_setup, Path(state_dir))
         try:
             inputs = await InputCache.open(state / "inputs", blobs, directories)
-            service = cls(state, blobs, directories, inputs, lock, config or OciConfig())
+            service = cls(state, blobs, directories, inputs, lock, config or OciConfig(), runc_root)
             stale = await service._runc.remove_all()  # before their bundles go
             linkable = await anyio.to_thread.run_sync(
                 _clear_builds, state / "builds", state / "inputs"
@@ -201,6 +210,8 @@ class OciBuildService:
 
     async def close(self) -> None:
         await self._runc.close()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(close_runc_root, self._state, self._runc_root)
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
