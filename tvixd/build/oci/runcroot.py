@@ -4,10 +4,13 @@ runc writes a few small files per container (``state.json``, ``exec.fifo``)
 and ``runc delete`` removes them again, so each build creates and deletes
 inodes in that directory.  runc's own default root is ``/run/runc``, a tmpfs
 on most systems; a root on a disk file system costs more per build, and on
-ext4 without a journal much more: every new inode there skips the inodes
-deleted in the last minutes (``recently_deleted()`` in fs/ext4/ialloc.c).
-Measured on such a machine, 300 trivial builds: 25.5-28.2 ms per build with
-the root in the state directory, 23.4-23.6 ms on a tmpfs (CPU -12 %).
+ext4 without a journal much more while files were deleted nearby in the
+last minutes: every new inode there skips them (``recently_deleted()`` in
+fs/ext4/ialloc.c).  Measured on such a machine, 300 trivial builds right
+after earlier runs' cleanups: 25.5-28.2 ms per build with the root in the
+state directory, 22.5-23.6 ms on a tmpfs (CPU -12 %); on a settled file
+system (bench/run.py waits for that) no difference shows (1000 builds:
+22.3 and 22.2 ms).
 
 :func:`open_runc_root` picks, in order: the directory recorded in
 ``<state>/runc-root`` by an earlier run when it is still a private
