@@ -190,25 +190,12 @@ _JOB_STATE_NUMBER = {state: int(tvixd_pb.JobState[state.name]) for state in JobS
 _DRV_STATE_NUMBER = {state: int(tvixd_pb.DerivationState[state.name]) for state in DrvState}
 
 
-_BYTE = tuple(bytes((i,)) for i in range(0x80))
-"""The one-byte varints, made once (most numbers and lengths in an event are below 128)."""
-
-
-def _varint(value: int) -> bytes:
-    return _BYTE[value] if 0 <= value < 0x80 else varint(value)
-
-
 def _number(key: bytes, value: int) -> bytes:
-    if not value:
-        return b""
-    return key + (_BYTE[value] if 0 < value < 0x80 else varint(value))
+    return key + varint(value) if value else b""
 
 
 def _chunk(key: bytes, value: bytes) -> bytes:
-    if not value:
-        return b""
-    size = len(value)
-    return key + (_BYTE[size] if size < 0x80 else varint(size)) + value
+    return key + varint(len(value)) + value if value else b""
 
 
 def encode_event(event: JobEvent) -> bytes:
@@ -244,7 +231,7 @@ def encode_event(event: JobEvent) -> bytes:
             _chunk(b"\x12", event.job_id.encode()),
             _number(b"\x18", event.time_ms),
             key,  # the set member of a oneof is written even when empty
-            _varint(len(inner)),
+            varint(len(inner)),
             inner,
         )
     )
@@ -257,7 +244,7 @@ def encode_batches(events: Iterable[JobEvent], limit: int = BATCH_BYTES) -> Iter
     size = 0
     for event in events:
         data = encode_event(event)
-        part = b"\x0a" + _varint(len(data)) + data
+        part = b"\x0a" + varint(len(data)) + data
         if parts and size + len(part) > limit:
             yield b"".join(parts)
             parts, size = [], 0
