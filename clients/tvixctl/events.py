@@ -89,6 +89,8 @@ class _Reader:
 
     def _varint(self, pos: int, end: int) -> tuple[int, int]:
         data = self.data
+        if pos < end and data[pos] < 0x80:  # most tags, lengths and values: one byte
+            return data[pos], pos + 1
         value = shift = 0
         start = pos
         while True:
@@ -106,31 +108,19 @@ class _Reader:
     def fields(self, span: slice, what: str) -> list[tuple[int, Value, int]]:
         """``(field number, value, offset)`` of the message at ``span``, in order."""
         out: list[tuple[int, Value, int]] = []
-        data, varint = self.data, self._varint
         pos, end = span.start, span.stop
-        # One-byte varints (tags, lengths and values below 128: most of them) are read inline.
         while pos < end:
             offset = pos
-            key = data[pos]
-            if key < 0x80:
-                pos += 1
-            else:
-                key, pos = varint(pos, end)
+            key, pos = self._varint(pos, end)
             number, wire = key >> 3, key & 7
             if number == 0:
                 raise MalformedEvents(f"{what}: field number 0 at byte {offset}")
             value: Value
             if wire == 0:
-                if pos < end and data[pos] < 0x80:
-                    value, pos = data[pos], pos + 1
-                else:
-                    value, pos = varint(pos, end)
+                value, pos = self._varint(pos, end)
             elif wire in (1, 2, 5):
                 if wire == 2:
-                    if pos < end and data[pos] < 0x80:
-                        size, pos = data[pos], pos + 1
-                    else:
-                        size, pos = varint(pos, end)
+                    size, pos = self._varint(pos, end)
                 else:
                     size = 8 if wire == 1 else 4
                 if pos + size > end:
