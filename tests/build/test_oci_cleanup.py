@@ -16,7 +16,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from tvixd.build.oci.runner import Runc
+from tvixd.build.oci.runner import Runc, _Answers
 from tvixd.build.oci.service import _clean_up
 from tvixd.build.oci.storedirs import StoreDir
 
@@ -29,7 +29,7 @@ async def _stop_with(runc_binary: str, tmp_path: Path) -> set[str]:
     ours.setblocking(False)
     shim.close()  # the shim's side is gone: no answer comes
     try:
-        await runc._stop(ours, "tvixd-test")
+        await runc._stop(_Answers(ours), "tvixd-test")
     finally:
         ours.close()
     return runc.unstopped
@@ -68,3 +68,32 @@ async def test_an_unstopped_containers_store_is_removed_not_swept(tmp_path: Path
     assert await anyio.to_thread.run_sync(clean, True) == (True, False, True, [])
     # not known to be gone: not reused, the directory removed whole
     assert await anyio.to_thread.run_sync(clean, False) == (False, False, False, [])
+
+
+async def _answered(runc_binary: str, tmp_path: Path, *answers: bytes) -> set[str]:
+    """What stays unstopped after the shim sent ``answers`` (JSON lines) and closed."""
+    runc = Runc(tmp_path / "state", runc=runc_binary)
+    ours, shim = socket.socketpair()
+    ours.setblocking(False)
+    shim.sendall(b"".join(a + b"\n" for a in answers))
+    shim.close()
+    try:
+        await runc._deleted(_Answers(ours), "tvixd-test")
+    finally:
+        ours.close()
+    return runc.unstopped
+
+
+async def test_a_deletion_the_shim_confirmed_is_not_repeated(tmp_path: Path) -> None:
+    # /bin/false as runc: a delete of our own would fail and mark the container
+    assert (
+        await _answered("/bin/false", tmp_path, b'{"exit_code": 0}', b'{"deleted": true}') == set()
+    )
+
+
+async def test_a_deletion_the_shim_could_not_do_is_done_here(tmp_path: Path) -> None:
+    failed = (b'{"exit_code": 0}', b'{"deleted": false}')
+    assert await _answered("/bin/true", tmp_path, *failed) == set()
+    assert await _answered("/bin/false", tmp_path, *failed) == {"tvixd-test"}
+    # the shim died before it said anything about the deletion
+    assert await _answered("/bin/false", tmp_path, b'{"exit_code": 0}') == {"tvixd-test"}

@@ -7,17 +7,20 @@ caller gets the build's output as one ordered stream, line by line (without
 the ``\\n``; lines longer than :data:`MAX_LINE` are split; a last
 unterminated line is delivered at the end), and the shim reports the exit
 status of the container's init (pid 1 of its pid namespace) on a socket
-private to the build, after deleting the container.  When the init exits,
-the kernel kills every other process in the namespace, so a build cannot
-leave anything running.
+private to the build as soon as it is reaped, then deletes the container
+and reports that too.  When the init exits, the kernel kills every other
+process in the namespace, so a build cannot leave anything running, and
+its files can be read while the container is deleted
+(:meth:`Runc.container`).
 
 On timeout, cancellation or a failing ``on_line``, the container is killed
 (``runc kill ID KILL``; the shim is told too, by shutting down the build's
-socket), the shim's answer is waited for, and ``runc delete --force ID``
-removes what is left — shielded and bounded by :data:`CLEANUP_TIMEOUT`.
-Cancellation then propagates; a timeout is reported in the result.  Every
-runc call uses a private state directory (``runc --root``), so
-:meth:`Runc.remove_all` can clear containers left behind by a crash.
+socket) and its deletion waited for; ``runc delete --force ID`` removes
+what is left when the shim does not confirm it — shielded and bounded by
+:data:`CLEANUP_TIMEOUT`.  Cancellation then propagates; a timeout is
+reported in the result.  Every runc call uses a private state directory
+(``runc --root``), so :meth:`Runc.remove_all` can clear containers left
+behind by a crash.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -179,16 +182,21 @@ class Runc:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shim.stop)
 
-    async def run(
+    @contextlib.asynccontextmanager
+    async def container(
         self,
         bundle_dir: Path,
         container_id: str,
         *,
         on_line: Callable[[bytes], Awaitable[None]] | None = None,
         time_limit: float | None = None,
-    ) -> RunResult:
-        """Run the bundle to completion (or ``time_limit`` seconds); see the module docstring.
+    ) -> AsyncIterator[RunResult]:
+        """Run the bundle; the block gets the result once the container's init has exited.
 
+        No process of the container is left then, so the block can read its
+        files while the shim deletes it; leaving the block waits for the
+        deletion (shielded, bounded by :data:`CLEANUP_TIMEOUT`), and deletes
+        the container itself when the shim did not (see :meth:`_deleted`).
         When the container could not be started: :class:`BuildFailed` if the
         builder program cannot be executed (runc's message says why), else
         :class:`BuildError`.
@@ -198,6 +206,7 @@ class Runc:
         request = json.dumps({"id": container_id, "bundle": str(bundle_dir)}).encode()
         log_read, log_write = os.pipe()
         conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        answers = _Answers(conn)
         answer: dict[str, object] | None = None
         try:
             try:
@@ -215,7 +224,7 @@ class Runc:
 
                         async def wait_for_answer() -> None:
                             nonlocal answer
-                            answer = await _answer(conn)
+                            answer = await answers.next()
                             if answer is None:  # the shim died: stop reading a log nobody ends
                                 tg.cancel_scope.cancel()
 
@@ -223,34 +232,62 @@ class Runc:
                         while data := await _read(log_read):
                             await lines.feed(data)
                         await lines.finish()
+            if answer is None:  # timed out, cancelled, on_line failed or the shim died
+                with anyio.CancelScope(shield=True):
+                    await self._stop(answers, container_id)
+            tail = tuple(lines.tail)
+            if scope.cancelled_caught:
+                result = RunResult(-1, True, tail)
+            else:
+                code = answer.get("exit_code") if answer else None
+                if not isinstance(code, int):
+                    error = (
+                        answer.get("error") if answer else "the runc shim exited during the build"
+                    )
+                    _raise_start_failure(error, tail)
+                result = RunResult(code, False, tail)
+                try:
+                    yield result
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._deleted(answers, container_id)
+                return
+            yield result
+        except BaseException:
+            if answer is None:
+                with anyio.CancelScope(shield=True):
+                    await self._stop(answers, container_id)
+            raise
         finally:
-            with anyio.CancelScope(shield=True):
-                if answer is None:
-                    await self._stop(conn, container_id)
-                os.close(log_read)
-                conn.close()
-        tail = tuple(lines.tail)
-        if scope.cancelled_caught:
-            return RunResult(-1, True, tail)
-        code = answer.get("exit_code") if answer else None
-        if not isinstance(code, int):
-            error = answer.get("error") if answer else "the runc shim exited during the build"
-            _raise_start_failure(error, tail)
-        return RunResult(code, False, tail)
+            os.close(log_read)
+            conn.close()
 
-    async def _stop(self, conn: socket.socket, container_id: str) -> None:
-        """Kill the container, wait for the shim's answer, delete it; bounded, never raises.
+    async def _stop(self, answers: _Answers, container_id: str) -> None:
+        """Kill the container and see it deleted (:meth:`_deleted`); bounded, never raises."""
+        if answers.stopped:
+            return
+        answers.stopped = True
+        with anyio.move_on_after(CLEANUP_TIMEOUT / 2):
+            await self._quiet("kill", container_id, "KILL")
+        with contextlib.suppress(OSError):
+            answers.conn.shutdown(socket.SHUT_WR)
+        await self._deleted(answers, container_id)
 
-        When the deletion is not confirmed, ``container_id`` goes into :attr:`unstopped`.
+    async def _deleted(self, answers: _Answers, container_id: str) -> None:
+        """Wait for the shim to report the container deleted; delete it here when it does not.
+
+        Bounded by :data:`CLEANUP_TIMEOUT`, never raises.  When the deletion
+        is still not confirmed, ``container_id`` goes into :attr:`unstopped`.
         """
         deleted = False
         with anyio.move_on_after(CLEANUP_TIMEOUT) as scope:
-            await self._quiet("kill", container_id, "KILL")
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_WR)
             with anyio.move_on_after(CLEANUP_TIMEOUT / 2), contextlib.suppress(OSError):
-                await _answer(conn)
-            deleted = await self._quiet("delete", "--force", container_id)
+                while (answer := await answers.next()) is not None:
+                    if "deleted" in answer or "error" in answer:
+                        deleted = answer.get("deleted") is True
+                        break
+            if not deleted:
+                deleted = await self._quiet("delete", "--force", container_id)
         if scope.cancelled_caught:
             log.error("could not stop container %s within %s s", container_id, CLEANUP_TIMEOUT)
         if not deleted:
@@ -307,20 +344,34 @@ async def _read(fd: int) -> bytes:
             await anyio.wait_readable(fd)
 
 
-async def _answer(conn: socket.socket) -> dict[str, object] | None:
-    """The shim's one-line JSON answer on the build's socket (None if it closed without one)."""
-    data = b""
-    while not data.endswith(b"\n"):
+class _Answers:
+    """The shim's JSON lines on a build's (non-blocking) socket."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.stopped = False
+        self._buffer = b""
+        self._closed = False
+
+    async def next(self) -> dict[str, object] | None:
+        """The next answer; None once the shim closed the socket (or sent something else)."""
+        while b"\n" not in self._buffer:
+            if self._closed:
+                return None
+            try:
+                chunk = self.conn.recv(4096)
+            except BlockingIOError:
+                await anyio.wait_readable(self.conn)
+                continue
+            if not chunk:
+                self._closed = True
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
         try:
-            chunk = conn.recv(4096)
-        except BlockingIOError:
-            await anyio.wait_readable(conn)
-            continue
-        if not chunk:
+            value = json.loads(line)
+        except ValueError:
             return None
-        data += chunk
-    value = json.loads(data)
-    return value if isinstance(value, dict) else None
+        return value if isinstance(value, dict) else None
 
 
 def _kill_group(pid: int) -> None:

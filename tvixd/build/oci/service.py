@@ -1,6 +1,9 @@
 """The OCI builder: BuildRequests run in runc containers, outputs ingested into the castore.
 
-Per build (at most ``max_builds`` at a time, default: the number of cores):
+Per build (at most ``max_builds`` containers at a time, default: the number
+of cores; like Nix's ``max-jobs``, a slot is held from step 3 until the
+builder exits, so materializing inputs before and collecting outputs after
+do not hold one):
 
 1. check the request against this builder (system, read-only host paths it
    allows, a sandbox shell for ``/bin/sh``, outputs inside scratch paths);
@@ -14,7 +17,7 @@ Per build (at most ``max_builds`` at a time, default: the number of cores):
    another file system than ``builds/``, are bind-mounted read-only
    instead), and run it (:mod:`~tvixd.build.oci.runner`), streaming log
    lines, within ``timeout`` seconds;
-4. check: a zero exit, every output present, for a fixed output the declared
+4. once the builder exited (the shim deletes the container meanwhile), check: a zero exit, every output present, for a fixed output the declared
    hash (Nix's mismatch message, both hashes), no references from a fixed
    output; scan every output for the refscan needles;
 5. only then ingest the outputs into the castore and return the Build.
@@ -40,6 +43,7 @@ import platform
 import shutil
 import uuid
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -80,7 +84,7 @@ log = logging.getLogger(__name__)
 class OciConfig:
     """How an OCI builder runs builds (``oci://`` URL parameters build one).
 
-    ``max_builds``: builds at once (None: the number of cores); ``timeout``:
+    ``max_builds``: containers at once (None: the number of cores); ``timeout``:
     seconds per build (None: no limit); ``allowed_ro_paths``: host paths a
     request may ask for as ``available_ro_paths``; ``systems``: the systems
     built here (None: :func:`default_systems`); ``link_limit``: inputs with
@@ -256,43 +260,47 @@ class OciBuildService:
     async def build(self, request: BuildRequest, *, on_log: LogSink | None = None) -> Build:
         self._check(request)
         fixed = fixed_output_of(request)
-        async with self._slots:
-            container_id = f"tvixd-{uuid.uuid4().hex}"
-            bundle_dir = self._state / "builds" / container_id
-            store: StoreDir | None = None
-            try:
-                inputs = await self._materialize(request.inputs)
-                limit = self._link_limit
-                mount = frozenset(
-                    name for name, tree in inputs.items() if limit is not None and tree.size > limit
-                )
-                entries = store_entries(request, inputs, mount)
-                if request.inputs_dir in request.scratch_paths:
-                    store = self._stores.take(entries)
-                bundle = await anyio.to_thread.run_sync(
-                    lambda: prepare_bundle(
-                        request,
-                        bundle_dir,
-                        inputs,
-                        self.sandbox,
-                        mount=mount,
-                        store=store,
-                        entries=entries,
+        container_id = f"tvixd-{uuid.uuid4().hex}"
+        bundle_dir = self._state / "builds" / container_id
+        store: StoreDir | None = None
+        try:
+            inputs = await self._materialize(request.inputs)
+            limit = self._link_limit
+            mount = frozenset(
+                name for name, tree in inputs.items() if limit is not None and tree.size > limit
+            )
+            entries = store_entries(request, inputs, mount)
+            async with AsyncExitStack() as container:
+                async with self._slots:  # a slot is a running container, like Nix's max-jobs
+                    if request.inputs_dir in request.scratch_paths:
+                        store = self._stores.take(entries)
+                    bundle = await anyio.to_thread.run_sync(
+                        lambda: prepare_bundle(
+                            request,
+                            bundle_dir,
+                            inputs,
+                            self.sandbox,
+                            mount=mount,
+                            store=store,
+                            entries=entries,
+                        )
                     )
-                )
-                result = await self._runc.run(
-                    bundle_dir, container_id, on_line=on_log, time_limit=self.timeout
-                )
+                    result = await container.enter_async_context(
+                        self._runc.container(
+                            bundle_dir, container_id, on_line=on_log, time_limit=self.timeout
+                        )
+                    )
+                # the builder has exited: its outputs are collected while the shim deletes it
                 return await self._collect(request, bundle, result, fixed)
-            finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-                    # a container that may still run keeps write access to its store directory:
-                    # removed whole, never handed to another build
-                    reuse = container_id not in self._runc.unstopped
-                    self._runc.unstopped.discard(container_id)
-                    if await anyio.to_thread.run_sync(_clean_up, bundle_dir, store, reuse):
-                        assert store is not None
-                        self._stores.give_back(store)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                # a container that may still run keeps write access to its store directory:
+                # removed whole, never handed to another build
+                reuse = container_id not in self._runc.unstopped
+                self._runc.unstopped.discard(container_id)
+                if await anyio.to_thread.run_sync(_clean_up, bundle_dir, store, reuse):
+                    assert store is not None
+                    self._stores.give_back(store)
 
     async def _materialize(self, nodes: Iterable[Node]) -> dict[bytes, Tree]:
         trees: dict[bytes, Tree] = {}

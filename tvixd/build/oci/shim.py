@@ -16,11 +16,14 @@ input.  Each message on it starts one container: JSON
 ``{"id": ID, "bundle": DIR}`` with two descriptors, the log pipe's write
 end (the container's stdout and stderr, and runc's own messages) and one
 end of a stream socket private to that build.  On that socket the shim
-answers one JSON line and closes it: ``{"exit_code": n}`` (the init's
-status; ``128 + signal`` when killed) or ``{"error": "..."}`` when the
-container could not be started (runc's message is in the log); the
-container is deleted before the answer.  When the runner shuts down its
-end of the build's socket (or closes it), the container is killed first.
+answers JSON lines, then closes it: ``{"exit_code": n}`` (the init's
+status; ``128 + signal`` when killed) as soon as the init is reaped — no
+process of the container is left then — and ``{"deleted": true}`` (or
+``false`` when ``runc delete`` failed) once the container is deleted; or
+only ``{"error": "..."}`` when the container could not be started (runc's
+message is in the log; it is deleted before that answer).  When the runner
+shuts down its end of the build's socket (or closes it), the container is
+killed first.
 At end of file on standard input every running container is killed, and the
 shim exits when they are deleted.
 """
@@ -69,8 +72,7 @@ class Shim:
             except Exception as exc:  # anything: the runner must get an answer
                 self.runc("delete", "--force", container_id)
                 answer = {"error": f"shim: {exc!r}"}
-            with contextlib.suppress(OSError):  # the runner is gone; the container is deleted
-                conn.sendall(json.dumps(answer).encode() + b"\n")
+            answer_to(conn, answer)
         finally:
             conn.close()
             with self.lock:
@@ -108,8 +110,8 @@ class Shim:
             os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        self.runc("delete", "--force", container_id)
-        return {"exit_code": code if code >= 0 else 128 - code}
+        answer_to(conn, {"exit_code": code if code >= 0 else 128 - code})
+        return {"deleted": self.runc("delete", "--force", container_id) == 0}
 
     def shutdown(self) -> None:
         """Kill every running container and wait (bounded) for their threads."""
@@ -119,6 +121,12 @@ class Shim:
             self.runc("kill", container_id, "KILL")
         for thread in running.values():
             thread.join(SHUTDOWN_WAIT)
+
+
+def answer_to(conn: socket.socket, answer: dict[str, object]) -> None:
+    """One JSON line to the runner (who may be gone: its container is still deleted)."""
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps(answer).encode() + b"\n")
 
 
 def main(argv: list[str]) -> int:
