@@ -35,6 +35,14 @@ in rec {
 
   flat = mk "flat" "echo single file > $out" { };
 
+  # stdin is /dev/null, stdout and stderr one pseudoterminal in raw mode (cfmakeraw)
+  terminal = mk "terminal" ''
+    for fd in 0 1 2; do
+      if [ -t $fd ]; then echo "$fd: a terminal"; else echo "$fd: not a terminal"; fi
+    done > $out
+    stty -a -F /proc/self/fd/2 >> $out
+  '' { };
+
   executable = mk "executable" "printf '#!/bin/sh\\n' > $out; chmod 555 $out" { };
 
   symlinkOutput = mk "symlink-output" "ln -s ${busybox}/bin $out" { };

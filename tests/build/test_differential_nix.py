@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.nix, pytest.mark.runc]
 
 NIX_FILE = Path(__file__).parent / "derivations.nix"
 ATTRS = [
-    "tree", "flat", "executable", "symlinkOutput", "multi", "dependent", "passAsFile",
+    "tree", "flat", "terminal", "executable", "symlinkOutput", "multi", "dependent", "passAsFile",
     "placeholders", "structured", "environment", "fixedFlat", "fixedRecursive",
 ]  # fmt: skip
 

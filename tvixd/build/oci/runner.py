@@ -2,7 +2,8 @@
 
 One long-lived shim process per builder (:mod:`tvixd.build.oci.shim`,
 started on the first build and again if it dies) runs ``runc run
---detach`` with one pipe as the container's stdout *and* stderr, so the
+--detach`` with one pseudoterminal (:func:`log_terminal`, raw mode, as
+Nix gives its builders) as the container's stdout *and* stderr, so the
 caller gets the build's output as one ordered stream, line by line (without
 the ``\\n``; lines longer than :data:`MAX_LINE` are split; a last
 unterminated line is delivered at the end), and the shim reports the exit
@@ -26,14 +27,15 @@ behind by a crash.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
+import termios
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -204,7 +206,7 @@ class Runc:
         lines = _Lines(on_line)
         control = await self._control()
         request = json.dumps({"id": container_id, "bundle": str(bundle_dir)}).encode()
-        log_read, log_write = os.pipe()
+        log_read, log_write = log_terminal()
         conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         answers = _Answers(conn)
         answer: dict[str, object] | None = None
@@ -336,12 +338,44 @@ async def _send(control: socket.socket, message: bytes, fds: list[int]) -> None:
 
 
 async def _read(fd: int) -> bytes:
-    """The next chunk of the (non-blocking) log pipe; ``b""`` at its end."""
+    """The next chunk of the (non-blocking) log terminal; ``b""`` at its end (``EIO`` once
+    every process holding the other side has closed it)."""
     while True:
         try:
             return os.read(fd, 65536)
         except BlockingIOError:
             await anyio.wait_readable(fd)
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
+
+
+def log_terminal() -> tuple[int, int]:
+    """A pseudoterminal for a build's output: ``(master, slave)``, the slave in raw mode.
+
+    Like Nix's: the builder's stdout and stderr are the slave, so it sees a
+    terminal (``isatty``), and ``cfmakeraw`` settings keep its bytes as they
+    are (no ``\\n`` → ``\\r\\n``, no echo, no signal characters).
+    """
+    master, slave = os.openpty()
+    try:
+        iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(slave)
+        iflag &= ~(
+            termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+            | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON
+        )  # fmt: skip
+        oflag &= ~termios.OPOST
+        lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+        cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+        cc[termios.VMIN], cc[termios.VTIME] = 1, 0
+        attrs = [iflag, oflag, cflag, lflag, ispeed, ospeed, cc]
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    return master, slave
 
 
 class _Answers:
@@ -379,17 +413,28 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-_RUNC_MESSAGE = re.compile(rb'msg="((?:[^"\\]|\\.)*)"')
 _EXEC_FAILURE = "unable to start container process: exec:"
+
+
+def _runc_messages(tail: tuple[bytes, ...]) -> list[str]:
+    """runc's own messages among the log lines (the shim runs it with ``--log-format json``:
+    its text format is coloured on a terminal)."""
+    messages = []
+    for line in tail:
+        if not line.startswith(b"{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("msg"), str) and "level" in entry:
+            messages.append(entry["msg"])
+    return messages
 
 
 def _raise_start_failure(error: object, tail: tuple[bytes, ...]) -> NoReturn:
     """The container did not start: the builder program is not executable, or runc failed."""
-    messages = [
-        m.group(1).decode("utf-8", "replace").replace('\\"', '"')
-        for line in tail
-        if (m := _RUNC_MESSAGE.search(line))
-    ]
+    messages = _runc_messages(tail)
     for message in messages:
         if _EXEC_FAILURE in message:
             detail = message.split(_EXEC_FAILURE, 1)[1].strip()

@@ -3,7 +3,7 @@
 ``runc run`` in the foreground gives the container separate stdout and
 stderr pipes and copies each to its own stdio in its own goroutine, so the
 order of lines on the two streams is lost.  Detached, runc hands the
-container its *own* stdio instead — here the single log pipe the runner
+container its *own* stdio instead — here the single log terminal the runner
 passes for the build, exactly like a Nix builder's merged output.  A
 detached container's init is not runc's child any more, so this process is
 a child subreaper: the inits are re-parented to it and their exit statuses
@@ -13,7 +13,7 @@ costs no interpreter start-up, only ``runc run --detach`` and ``runc delete``.
 Run as ``python -I -S shim.py RUNC ROOT`` (standard library only, no
 imports from the project) with a ``SOCK_SEQPACKET`` socket as standard
 input.  Each message on it starts one container: JSON
-``{"id": ID, "bundle": DIR}`` with two descriptors, the log pipe's write
+``{"id": ID, "bundle": DIR}`` with two descriptors, the log terminal's slave
 end (the container's stdout and stderr, and runc's own messages) and one
 end of a stream socket private to that build.  On that socket the shim
 answers JSON lines, then closes it: ``{"exit_code": n}`` (the init's
@@ -48,7 +48,7 @@ class Shim:
     """The containers in flight, each followed by one thread."""
 
     def __init__(self, runc: str, root: str) -> None:
-        self.base = [runc, "--root", root]
+        self.base = [runc, "--root", root, "--log-format", "json"]  # text is coloured on a tty
         self.lock = threading.Lock()
         self.running: dict[str, threading.Thread] = {}
 
