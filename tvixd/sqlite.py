@@ -39,7 +39,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 
@@ -53,10 +53,18 @@ Setup = Callable[[sqlite3.Connection], None]
 """Prepares a fresh connection (creates or checks the schema); blocking, on a worker thread."""
 
 
-def connect(path: Path, setup: Setup, *, busy_timeout: float = 10.0) -> sqlite3.Connection:
-    """Open ``path`` (WAL, ``synchronous=FULL``, autocommit) and run ``setup`` on it (blocking).
+def connect(
+    path: Path,
+    setup: Setup,
+    *,
+    busy_timeout: float = 10.0,
+    synchronous: Literal["FULL", "NORMAL"] = "FULL",
+) -> sqlite3.Connection:
+    """Open ``path`` (WAL, autocommit) and run ``setup`` on it (blocking).
 
-    ``busy_timeout``: seconds a statement waits for another process's lock.
+    ``busy_timeout``: seconds a statement waits for another process's lock;
+    ``synchronous``: ``FULL`` (a commit is durable when it returns) unless
+    the caller can lose its last commits on power loss (``NORMAL``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
@@ -64,7 +72,7 @@ def connect(path: Path, setup: Setup, *, busy_timeout: float = 10.0) -> sqlite3.
     )
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         setup(conn)
     except BaseException:
         conn.close()

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fsm import DerivationRecord, DrvState, JobState
+from tvixd import sqlite
 from tvixd.journal.model import (
     DerivationStateChanged,
     JobEvent,
@@ -111,12 +112,13 @@ class Batch:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) the journal at ``path``; schema checked or created."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+    """Open (creating if needed) the journal at ``path``; schema checked or created.
+
+    ``synchronous=NORMAL``: on power loss the last commits may be lost, never
+    the journal's consistency (WAL).
+    """
+
+    def setup(conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
             raise CorruptJournal(
@@ -124,10 +126,8 @@ def connect(path: Path) -> sqlite3.Connection:
             )
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+
+    return sqlite.connect(path, setup, busy_timeout=30, synchronous="NORMAL")
 
 
 def write(conn: sqlite3.Connection, batch: Batch) -> None:
