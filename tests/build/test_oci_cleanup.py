@@ -23,16 +23,26 @@ from tvixd.build.oci.storedirs import StoreDir
 pytestmark = pytest.mark.asyncio
 
 
-async def _stop_with(runc_binary: str, tmp_path: Path) -> set[str]:
+async def _unstopped(runc_binary: str, tmp_path: Path, *answers: bytes, kill: bool) -> set[str]:
+    """What stays unstopped after the shim sent ``answers`` (JSON lines) and closed its side;
+    ``kill``: the runner stops the container (else it only waits for the deletion)."""
     runc = Runc(tmp_path / "state", runc=runc_binary)
     ours, shim = socket.socketpair()
     ours.setblocking(False)
-    shim.close()  # the shim's side is gone: no answer comes
+    shim.sendall(b"".join(a + b"\n" for a in answers))
+    shim.close()
     try:
-        await runc._stop(_Answers(ours), "tvixd-test")
+        if kill:
+            await runc._stop(_Answers(ours), "tvixd-test")
+        else:
+            await runc._deleted(_Answers(ours), "tvixd-test")
     finally:
         ours.close()
     return runc.unstopped
+
+
+async def _stop_with(runc_binary: str, tmp_path: Path) -> set[str]:
+    return await _unstopped(runc_binary, tmp_path, kill=True)  # the shim is gone: no answer
 
 
 async def test_a_failed_delete_marks_the_container_unstopped(tmp_path: Path) -> None:
@@ -71,17 +81,7 @@ async def test_an_unstopped_containers_store_is_removed_not_swept(tmp_path: Path
 
 
 async def _answered(runc_binary: str, tmp_path: Path, *answers: bytes) -> set[str]:
-    """What stays unstopped after the shim sent ``answers`` (JSON lines) and closed."""
-    runc = Runc(tmp_path / "state", runc=runc_binary)
-    ours, shim = socket.socketpair()
-    ours.setblocking(False)
-    shim.sendall(b"".join(a + b"\n" for a in answers))
-    shim.close()
-    try:
-        await runc._deleted(_Answers(ours), "tvixd-test")
-    finally:
-        ours.close()
-    return runc.unstopped
+    return await _unstopped(runc_binary, tmp_path, *answers, kill=False)
 
 
 async def test_a_deletion_the_shim_confirmed_is_not_repeated(tmp_path: Path) -> None:
