@@ -356,9 +356,15 @@ def log_terminal() -> tuple[int, int]:
 
     Like Nix's: the builder's stdout and stderr are the slave, so it sees a
     terminal (``isatty``), and ``cfmakeraw`` settings keep its bytes as they
-    are (no ``\\n`` → ``\\r\\n``, no echo, no signal characters).
+    are (no ``\\n`` → ``\\r\\n``, no echo, no signal characters).  Where no
+    pseudoterminal can be had (no ``/dev/pts``), a pipe, with a warning:
+    the build runs, its output is the same, only ``isatty`` differs.
     """
-    master, slave = os.openpty()
+    try:
+        master, slave = os.openpty()
+    except OSError as exc:
+        log.warning("no pseudoterminal for the build's output (%s); using a pipe", exc)
+        return os.pipe()
     try:
         iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(slave)
         iflag &= ~(
