@@ -6,15 +6,22 @@ byte is read once and no per-file work touches the event loop:
 
 * the **walker** (a generator advanced in steps on worker threads, so the
   ingest can be cancelled between steps) visits the tree in NAR order
-  exactly like the general path (the root's ``lstat``, ``scandir`` entries
-  sorted by name bytes, their type from the listing, ``st_size`` bytes
-  read) and drives ``NarWriter``; it hashes nothing.  NAR framing and small
-  files go on in pieces of 256 KiB, small files (at most one chunk) also in
-  batches for the store, large files as :data:`LARGE_CHUNK`-sized chunks in
-  page-aligned buffers from a small pool (so the sink can write them with
-  ``O_DIRECT``);
+  like the general path (the root's ``lstat``, ``scandir`` entries sorted
+  by name bytes, their type from the listing, ``st_size`` bytes read), but
+  opens every entry relative to its directory's descriptor (``openat``
+  with ``O_NOFOLLOW``, directories too: no path walk per file, and a
+  directory replaced by a symlink during the walk is never followed), and
+  writes the NAR framing itself (the tokens ``NarWriter`` writes, with its
+  checks of names and targets; the listing gives names sorted and unique);
+  it hashes nothing.  NAR framing and small files go on in pieces of
+  256 KiB, small files (at most one chunk) also in batches for the store; a
+  large file goes on as its open descriptor;
 * the **hasher thread** (:class:`~clients.store.sink_stages.Hash`) computes
-  the NAR SHA-256 in order and passes the contents on;
+  the NAR SHA-256 in order and passes the contents on; it reads the large
+  files itself, as :data:`LARGE_CHUNK`-sized chunks into page-aligned
+  buffers from a small pool (so the sink can write them with ``O_DIRECT``),
+  so the walker goes on with the next files meanwhile (up to
+  :data:`_QUEUE` items ahead: a few tens of MiB at most);
 * the **store thread** (:class:`~clients.store.sink_stages.Store`) gives them
   to the sink, which blake3-hashes and writes each blob.  hashlib and blake3
   release the GIL on large buffers, so the three run in parallel.  A large
@@ -50,32 +57,51 @@ from clients.castore.model import B3Digest, Directory, DirectoryNode, FileNode, 
 from clients.castore.protocols import DirectoryService
 from clients.castore.streams import CHUNK_SIZE
 from clients.errors import StorageError
-from clients.store.ingest_common import IngestResult, open_regular, read_exactly
+from clients.store.ingest_common import READ_FLAGS, IngestResult, shrank
 from clients.store.model import with_name
 from clients.store.nar import single_errors
 from clients.store.sink import SinkProvider
 from clients.store.sink_stages import (
-    BEGIN,
-    CHUNK,
-    END,
+    LARGE,
     LARGE_CHUNK,
     SMALL,
     Hash,
     NarBytes,
     Stage,
     Store,
-    fill,
 )
-from nixcompat.nar import NarError, NarWriter
+from nixcompat.nar import NarError
+from nixcompat.nar.model import check_name, check_target, encode_str, padding, u64
 
 __all__ = ["LARGE_CHUNK", "ingest_with_sink"]
 
 _POOL = 8  # large-chunk buffers (up to 3 of them in writes in flight)
-_QUEUE = 8  # items between walker and store thread
+# items between walker and hasher, and hasher and store (each at most ~1 MiB of small files
+# plus their NAR piece, or a large file's descriptor): the walker runs ahead through small
+# files while the hasher reads a large one
+_QUEUE = 32
 _BATCH_FILES, _BATCH_BYTES = 256, CHUNK_SIZE  # small files per item
 _STEP_FILES, _STEP_BYTES = 1024, 64 * CHUNK_SIZE  # walker work per thread call
 _WAIT = 0.2  # seconds between checks of the other thread's health
 _FILE, _LINK, _DIR = range(3)  # child record kinds
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# NAR tokens (see nixcompat.nar.model): a node's openings, an entry's end
+_MAGIC = encode_str(b"nix-archive-1")
+_CLOSE = encode_str(b")")
+_OPEN_TYPE = encode_str(b"(") + encode_str(b"type")
+_REGULAR = _OPEN_TYPE + encode_str(b"regular") + encode_str(b"contents")
+_EXECUTABLE = (
+    _OPEN_TYPE
+    + encode_str(b"regular")
+    + encode_str(b"executable")
+    + encode_str(b"")
+    + encode_str(b"contents")
+)
+_SYMLINK = _OPEN_TYPE + encode_str(b"symlink") + encode_str(b"target")
+_DIRECTORY = _OPEN_TYPE + encode_str(b"directory")
+_ENTRY = encode_str(b"entry") + encode_str(b"(") + encode_str(b"name")
+_NODE = encode_str(b"node")
+_CLOSE_ENTRY = _CLOSE + _CLOSE  # the node's, then the entry's
 
 # A child record: (_FILE, name, digest index, size, executable) | (_LINK, name, target)
 # | (_DIR, name, directory index) — plain tuples: tens of thousands are made.
@@ -95,25 +121,25 @@ def _kind(mode: int, path: bytes) -> int:
     )
 
 
-def _entry_kind(entry: os.DirEntry[bytes]) -> int:
-    """An entry's type from the directory listing (``lstat`` only when it does not say)."""
-    if entry.is_symlink():
-        return _LINK
-    if entry.is_dir(follow_symlinks=False):
-        return _DIR
-    if entry.is_file(follow_symlinks=False):
-        return _FILE
-    return _kind(entry.stat(follow_symlinks=False).st_mode, entry.path)
-
-
-def _listing(path: bytes) -> Iterator[os.DirEntry[bytes]]:
-    """A directory's entries, sorted by raw name bytes (NAR order)."""
-    with os.scandir(path) as entries:
-        return iter(sorted(entries, key=_entry_name))
-
-
-def _entry_name(entry: os.DirEntry[bytes]) -> bytes:
-    return entry.name
+def _listing(dir_fd: int, path: bytes) -> list[tuple[bytes, int]]:
+    """The entries of the directory open as ``dir_fd`` (at ``path``): ``(name, kind)`` sorted
+    by raw name bytes (NAR order), each kind from the listing (``lstat`` when it does not say)."""
+    listed: list[tuple[bytes, int]] = []
+    fsencode = os.fsencode
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            name = fsencode(entry.name)
+            if entry.is_symlink():
+                listed.append((name, _LINK))
+            elif entry.is_dir(follow_symlinks=False):
+                listed.append((name, _DIR))
+            elif entry.is_file(follow_symlinks=False):
+                listed.append((name, _FILE))
+            else:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                listed.append((name, _kind(mode, path + b"/" + name)))
+    listed.sort()
+    return listed
 
 
 class _Tree:
@@ -145,25 +171,35 @@ class _Tree:
 
 
 class _Walk:
-    """The walker's state: NAR, queue to the hasher (then the store), the directories closed."""
+    """The walker's state: NAR, queue to the hasher (then the store), the directories closed.
+
+    It writes the NAR framing itself (the tokens of ``nixcompat.nar``; entry names
+    come sorted and unique from the listing and are still checked like
+    ``NarWriter`` does) and opens everything relative to its directory's descriptor
+    (``O_NOFOLLOW``): no path walk per file, and no symlink swapped in for a
+    directory is followed.
+    """
 
     def __init__(
         self,
         root: bytes,
         stages: list[Stage],
         items: queue.Queue[Any],
-        pool: queue.Queue[mmap.mmap],
     ) -> None:
         self.root = root
         self.nar = NarBytes(self.send)
-        self.writer = NarWriter(self.nar.write)
-        self._stages, self._items, self.pool = stages, items, pool
+        self._stages, self._items = stages, items
         self.closed = 0  # directories closed so far (leaves first)
         self._closing: list[list[_Child]] = []  # their children, not yet sent
         self.root_child: _Child | None = None
         self.files = self.file_bytes = self.symlinks = 0
         self._batch: list[bytes] = []
         self._batch_bytes = self._step_files = self._step_bytes = 0
+        self._fds: list[int] = []  # the open directories' descriptors (closed at the end)
+
+    @property
+    def nar_size(self) -> int:
+        return self.nar.size
 
     def _check(self) -> None:
         for stage in self._stages:
@@ -181,14 +217,6 @@ class _Walk:
             except queue.Full:
                 continue
 
-    def _buffer(self) -> mmap.mmap:
-        while True:
-            self._check()
-            try:
-                return self.pool.get(timeout=_WAIT)
-            except queue.Empty:
-                continue
-
     def _send_batch(self) -> None:
         """Send the small files gathered and the directories closed since the last batch."""
         if self._batch or self._closing:
@@ -197,72 +225,105 @@ class _Walk:
             self.send((SMALL, batch, closing))
 
     def run(self) -> Generator[None, None, None]:
-        writer = self.writer
-        # per open directory: (its name, children so far, remaining entries)
-        open_dirs: list[tuple[bytes, list[_Child], Iterator[os.DirEntry[bytes]]]] = []
-        path, name = self.root, b""
-        kind = _kind(os.lstat(path).st_mode, path)
-        while True:
-            child: _Child | None = None
+        try:
+            yield from self._run()
+        finally:
+            while self._fds:
+                os.close(self._fds.pop())
+
+    def _run(self) -> Generator[None, None, None]:
+        root, nar = self.root, self.nar
+        nar.write(_MAGIC)
+        kind = _kind(os.lstat(root).st_mode, root)
+        if kind != _DIR:
             if kind == _FILE:
-                child = self._file(path, name)
-            elif kind == _LINK:
-                target = os.readlink(path)
-                writer.symlink(target)
-                child = (_LINK, name, target)
-                self.symlinks += 1
+                self.root_child = self._file(None, root, root, b"")
             else:
-                writer.begin_directory()
-                open_dirs.append((name, [], _listing(path)))
-            if child is not None:
-                if open_dirs:
-                    open_dirs[-1][1].append(child)
-                    writer.end_entry()
+                self.root_child = self._symlink(None, root, root, b"")
+            nar.flush()
+            return
+        nar.write(_DIRECTORY)
+        fds = self._fds
+        fds.append(os.open(root, _DIR_FLAGS))
+        # per open directory: its name, path, children so far, remaining entries (reversed)
+        open_dirs: list[tuple[bytes, bytes, list[_Child], list[tuple[bytes, int]]]] = []
+        open_dirs.append((b"", root, [], _listing(fds[-1], root)[::-1]))
+        while open_dirs:
+            dir_name, path, children, entries = open_dirs[-1]
+            dir_fd = fds[-1]
+            while entries:
+                name, kind = entries.pop()
+                if kind == _FILE:
+                    children.append(self._file(dir_fd, name, path, _entry(name)))
+                elif kind == _LINK:
+                    children.append(self._symlink(dir_fd, name, path, _entry(name)))
                 else:
-                    self.root_child = child
-            while open_dirs:  # find the next entry, closing finished directories
-                dir_name, children, entries = open_dirs[-1]
-                entry = next(entries, None)
-                if entry is not None:
-                    name = entry.name
-                    writer.begin_entry(name)
-                    path, kind = entry.path, _entry_kind(entry)
+                    sub = path + b"/" + name
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                    fds.append(fd)
+                    open_dirs.append((name, sub, [], _listing(fd, sub)[::-1]))
+                    nar.write(_entry(name) + _DIRECTORY)
                     break
+                if self._step_files >= _STEP_FILES or self._step_bytes >= _STEP_BYTES:
+                    self._step_files = self._step_bytes = 0
+                    yield
+            else:  # the directory is finished
                 open_dirs.pop()
-                writer.end_directory()
+                os.close(fds.pop())
                 closed = (_DIR, dir_name, self.closed)
                 self.closed += 1
                 self._closing.append(children)
                 if open_dirs:
-                    open_dirs[-1][1].append(closed)
-                    writer.end_entry()
+                    open_dirs[-1][2].append(closed)
+                    nar.write(_CLOSE_ENTRY)
                 else:
+                    nar.write(_CLOSE)
                     self.root_child = closed
-            else:
-                writer.finish()
-                self._send_batch()
-                self.nar.flush()
-                return
-            if self._step_files >= _STEP_FILES or self._step_bytes >= _STEP_BYTES:
-                self._step_files = self._step_bytes = 0
-                yield
+        self._send_batch()
+        nar.flush()
 
-    def _file(self, path: bytes, name: bytes) -> _Child:
-        fd, size, executable, inode = open_regular(path)
+    def _symlink(self, dir_fd: int | None, name: bytes, path: bytes, head: bytes) -> _Child:
+        target = os.readlink(name, dir_fd=dir_fd)
+        check_target(target)
+        self.nar.write(head + _SYMLINK + encode_str(target) + (_CLOSE_ENTRY if head else _CLOSE))
+        self.symlinks += 1
+        return (_LINK, name, target)
+
+    def _file(self, dir_fd: int | None, name: bytes, path: bytes, head: bytes) -> _Child:
+        """A regular file (``name`` in ``dir_fd``, or the root when ``dir_fd`` is None)."""
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
         try:
-            self.writer.begin_regular(executable, size)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                where = path if dir_fd is None else path + b"/" + name
+                raise NarError(f"{os.fsdecode(where)!r} changed type while being ingested")
+            size = st.st_size
+            executable = bool(st.st_mode & stat.S_IXUSR)
+            nar = self.nar
+            nar.write(head + (_EXECUTABLE if executable else _REGULAR) + u64(size))
+            tail = padding(size) + (_CLOSE_ENTRY if head else _CLOSE)
             if size <= CHUNK_SIZE:
-                data = read_exactly(fd, size, path)
-                self.writer.write_contents(data)
+                data = os.read(fd, size) if size else b""
+                if len(data) < size:  # short reads are rare (regular files), but possible
+                    where = path if dir_fd is None else path + b"/" + name
+                    data = _read_rest(fd, data, size, where)
+                nar.write(data)
+                nar.write(tail)
                 self._batch.append(data)
                 self._batch_bytes += size
                 if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
                     self._send_batch()
-            else:
-                self._large(fd, path, size, inode)
-            self.writer.end_regular()
+            else:  # read (and hashed) by the hasher thread, which closes ``fd``
+                where = path if dir_fd is None else path + b"/" + name
+                self._send_batch()
+                nar.flush()  # the NAR before the contents
+                self.send((LARGE, fd, where, (st.st_dev, st.st_ino), size))
+                fd = -1
+                nar.size += size
+                nar.write(tail)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         index = self.files
         self.files += 1
         self.file_bytes += size
@@ -270,26 +331,20 @@ class _Walk:
         self._step_bytes += size
         return (_FILE, name, index, size, executable)
 
-    def _large(self, fd: int, path: bytes, size: int, inode: tuple[int, int]) -> None:
-        self._send_batch()
-        self.send((BEGIN, path, inode, size))
-        remaining = size
-        while remaining:
-            buffer = self._buffer()
-            try:
-                with memoryview(buffer) as whole, whole[: min(remaining, LARGE_CHUNK)] as view:
-                    n = fill(fd, view, path, size, remaining)
-                    self.nar.external = True  # hashed from the chunk item
-                    try:
-                        self.writer.write_contents(view)  # type: ignore[arg-type]
-                    finally:
-                        self.nar.external = False
-            except BaseException:
-                self.pool.put(buffer)
-                raise
-            self.send((CHUNK, buffer, n))
-            remaining -= n
-        self.send((END,))
+
+def _read_rest(fd: int, data: bytes, size: int, path: bytes) -> bytes:
+    while len(data) < size:
+        more = os.read(fd, size - len(data))
+        if not more:
+            raise shrank(path, size, size - len(data))
+        data += more
+    return data
+
+
+def _entry(name: bytes) -> bytes:
+    """An entry's opening, up to its node (``name`` checked as ``NarWriter`` does)."""
+    check_name(name)
+    return _ENTRY + encode_str(name) + _NODE
 
 
 def _step(steps: Iterator[None]) -> bool:
@@ -316,7 +371,7 @@ async def ingest_with_sink(
         digests: list[B3Digest] = []
         tree = _Tree(digests)
         store = Store(sink, to_store, pool, digests=digests, on_directory=tree.close)
-        walk = _Walk(os.fsencode(path), [hasher, store], items, pool)
+        walk = _Walk(os.fsencode(path), [hasher, store], items)
         steps = walk.run()
         try:
             with single_errors():
@@ -326,6 +381,9 @@ async def ingest_with_sink(
                     try:
                         while await anyio.to_thread.run_sync(_step, steps):
                             pass
+                    except BaseException:
+                        hasher.stopped = True  # large files still queued: only closed
+                        raise
                     finally:
                         with anyio.CancelScope(shield=True):
                             await anyio.to_thread.run_sync(walk.send, None)
@@ -349,7 +407,7 @@ async def ingest_with_sink(
             raise StorageError(f"the directory service stored the root of {path} under {stored}")
     return IngestResult(
         node=with_name(root, name),
-        nar_size=walk.writer.size,
+        nar_size=walk.nar_size,
         nar_sha256=hasher.sha.digest(),
         files=walk.files,
         file_bytes=walk.file_bytes,

@@ -4,9 +4,11 @@ Items travel walker → :class:`Hash` → :class:`Store` through bounded queues:
 ``(NAR, bytes)`` pieces of NAR framing and small contents (hashed, not
 passed on); ``(SMALL, [bytes, ...], [directory, ...])`` small files and the
 directories closed since the last such item (the store builds them once the
-files are stored); a large file as
-``(BEGIN, path, inode, size)``, ``(CHUNK, buffer, n)``…, ``(END,)``, its chunk
-buffers coming from (and going back to) a shared pool.
+files are stored); a large file as ``(LARGE, fd, path, inode, size)`` (an
+open descriptor, which the hasher reads and closes — or only closes, after an
+error), which the hasher turns into ``(BEGIN, path, inode, size)``,
+``(CHUNK, buffer, n)``…, ``(END,)`` for the store, its chunk buffers coming
+from (and going back to) a shared pool.
 """
 
 from __future__ import annotations
@@ -29,26 +31,25 @@ from nixcompat.nar import NarError
 #: Large files move in chunks of this size (a multiple of the page size).
 LARGE_CHUNK = 4 * 1024 * 1024
 SHA_BATCH = 256 * 1024  # NAR bytes gathered per hasher item
-NAR, SMALL, BEGIN, CHUNK, END = range(5)  # queue item kinds
+NAR, SMALL, BEGIN, CHUNK, END, LARGE = range(6)  # queue item kinds
 
 
 class NarBytes:
     """The walker's NAR sink: framing and small contents gathered into pieces for the hasher.
 
-    While ``external`` is set, written bytes are not kept: they are a large
-    file's chunk, hashed from its own queue item (the pieces before it are
-    sent first, so the hasher still sees the NAR in order).
+    ``size`` counts every NAR byte, also a large file's contents, which are not
+    written here but read and hashed by the hasher from the file's descriptor
+    (the walker flushes the pieces before it first, so the hasher still sees
+    the NAR in order).
     """
 
     def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
         self._send = send
         self._pending = bytearray()
-        self.external = False
+        self.size = 0
 
-    def write(self, data: bytes | memoryview) -> None:
-        if self.external:
-            self.flush()
-            return
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
         self._pending += data
         if len(self._pending) >= SHA_BATCH:
             self.flush()
@@ -82,11 +83,13 @@ class Stage:
 
     def run(self) -> None:
         while (item := self.inbox.get()) is not None:
-            forward = self.outbox is not None and item[0] != NAR
+            forward = self.outbox is not None and item[0] != NAR and item[0] != LARGE
             self.kept = False
             try:
                 if self.error is None:
                     self.handle(item)
+                elif item[0] == LARGE:
+                    os.close(item[1])  # not read: the descriptor is still ours to close
             except BaseException as exc:
                 self.error = exc
                 self.cleanup()
@@ -102,18 +105,51 @@ class Stage:
 
 
 class Hash(Stage):
-    """NAR SHA-256, in NAR order; everything but NAR pieces goes on to the store thread."""
+    """NAR SHA-256, in NAR order; everything but NAR pieces goes on to the store thread.
+
+    A large file comes as ``(LARGE, fd, path, inode, size)``: this thread reads it
+    into chunk buffers from the pool (and closes ``fd``), hashes each chunk, and
+    passes the store ``(BEGIN, path, inode, size)``, ``(CHUNK, buffer, n)``…,
+    ``(END,)``.  So the walker goes on with the next files while a large one is
+    read and hashed (reading it costs about as much as hashing it with SHA-256).
+    """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.sha = hashlib.sha256()
+        self.stopped = False  # set when the walk failed or was cancelled: read nothing more
 
     def handle(self, item: tuple[Any, ...]) -> None:
         if item[0] == NAR:
             self.sha.update(item[1])
-        elif item[0] == CHUNK:
-            with memoryview(item[1])[: item[2]] as view:
-                self.sha.update(view)
+        elif item[0] == LARGE:
+            if self.stopped:
+                os.close(item[1])
+                raise NarError("the ingest stopped")  # the walk's own error is raised
+            self._read_large(*item[1:])
+
+    def _read_large(self, fd: int, path: bytes, inode: tuple[int, int], size: int) -> None:
+        outbox = self.outbox
+        assert outbox is not None
+        try:
+            outbox.put((BEGIN, path, inode, size))
+            remaining = size
+            while remaining:
+                if self.stopped:
+                    raise NarError("the ingest stopped")  # the walk's own error is raised
+                buffer = self.pool.get()  # back from the store thread or its writes
+                try:
+                    with memoryview(buffer) as whole, whole[: min(remaining, LARGE_CHUNK)] as view:
+                        n = fill(fd, view, path, size, remaining)
+                        self.sha.update(view)
+                except BaseException:
+                    self.pool.put(buffer)
+                    raise
+                outbox.put((CHUNK, buffer, n))
+                remaining -= n
+            outbox.put((END,))
+        finally:
+            os.close(fd)
 
 
 class Store(Stage):

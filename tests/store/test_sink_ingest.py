@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
 import random
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -28,6 +31,7 @@ from clients.store.ingest import ingest_path
 from clients.store.nar import render_nar
 from clients.store.sink import Buffer, HashingSink, LargeBlobWriter
 from clients.store.sink_ingest import LARGE_CHUNK
+from clients.store.sink_stages import BEGIN, CHUNK, END, LARGE, Hash
 from nixcompat.nar import NarError
 from tests.store.bridge_fixtures import (
     MiB,
@@ -397,3 +401,63 @@ async def test_directories_closed_around_large_files_and_batches(tmp_path: Path)
         assert rendered == nix_dump(root)
     finally:
         await blobs.close()
+
+
+async def test_walker_failure_with_large_files_queued(tmp_path: Path) -> None:
+    """Large files handed to the hasher as open descriptors when the walker fails: each is
+    read or only closed, and nothing is left behind."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    rng = random.Random(8)
+    for i in range(6):
+        (tree / f"a-big-{i}").write_bytes(rng.randbytes(2 * LARGE_CHUNK + 1))
+    os.mkfifo(tree / "z-fifo")
+    blobs = await ObjectStoreBlobService.open(tmp_path / "blobs")
+    directories = MemoryDirectoryService()
+    fds = open_fds()
+    with pytest.raises(NarError, match="unsupported file type 'p'"):
+        await ingest_path(tree, blobs, directories)
+    assert directories._directories == {}
+    assert corrupt_blobs(tmp_path / "blobs") == []
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+    assert open_fds() == fds
+
+
+async def test_hasher_reads_large_files_and_closes_them(tmp_path: Path) -> None:
+    """The hasher thread reads a large file handed over as a descriptor: a file shorter than
+    its size is a NarError naming it, and the descriptors of the items after the error are
+    closed unread; every chunk buffer goes back to the pool."""
+    path = tmp_path / "big"
+    path.write_bytes(random.Random(2).randbytes(LARGE_CHUNK + 10))
+    inbox: queue.Queue[Any] = queue.Queue()
+    outbox: queue.Queue[Any] = queue.Queue()
+    pool: queue.Queue[mmap.mmap] = queue.Queue()
+    for _ in range(2):
+        pool.put(mmap.mmap(-1, LARGE_CHUNK))
+    fds = open_fds()
+    size = path.stat().st_size
+    for claimed in (size, size + 5, size):  # the second one shrank after its fstat
+        inbox.put((LARGE, os.open(path, os.O_RDONLY), bytes(path), (0, 0), claimed))
+    inbox.put(None)
+    hasher = Hash(inbox, outbox, pool)
+    taken: list[tuple[Any, ...]] = []
+
+    def store() -> None:  # gives the chunk buffers back, as the store thread does
+        while (item := outbox.get()) is not None:
+            taken.append(item[:1] + item[2:] if item[0] == CHUNK else item)
+            if item[0] == CHUNK:
+                pool.put(item[1])
+
+    helper = threading.Thread(target=store)
+    helper.start()
+    await anyio.to_thread.run_sync(hasher.run)
+    helper.join()
+    assert isinstance(hasher.error, NarError)
+    assert "shrank while being ingested" in str(hasher.error)
+    assert str(path) in str(hasher.error)
+    assert open_fds() == fds
+    assert pool.qsize() == 2
+    head = (BEGIN, bytes(path), (0, 0), size)
+    assert taken[:4] == [head, (CHUNK, LARGE_CHUNK), (CHUNK, 10), (END,)]
+    assert taken[4] == (BEGIN, bytes(path), (0, 0), size + 5)
+    assert all(item[0] == CHUNK for item in taken[5:])  # no END for it, nothing after it
