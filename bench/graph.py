@@ -87,7 +87,7 @@ from tvixd.build.dummy import DummyBuildService
 from tvixd.castore.blobs.memory import MemoryBlobService
 from tvixd.castore.directories.memory import MemoryDirectoryService
 from tvixd.coordinator import Coordinator
-from tvixd.daemon import tune_threads
+from tvixd.daemon import tune_gc, tune_threads
 from tvixd.eval.nix import NixEvaluator
 from tvixd.eval.protocol import NixArg
 from tvixd.journal.model import JobSpec, NixFileSource
@@ -541,7 +541,8 @@ def table(results: Sequence[dict[str, Any]]) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_threads()  # the coordinator alone runs as in tvixd (its GIL switch interval)
+    tune_threads()  # the coordinator alone runs as in tvixd: its GIL switch interval
+    tune_gc()  # and its garbage collector settings
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one graph of 100 derivations")
     parser.add_argument("--nodes", type=int, nargs="+", help="graph sizes (default 200 1000)")

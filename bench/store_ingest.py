@@ -69,7 +69,7 @@ from clients.store.model import PathInfo
 from clients.store.sink import HashingSink
 from tvixd.castore.directories.memory import MemoryDirectoryService
 from tvixd.castore.registry import blob_service_from_url, directory_service_from_url
-from tvixd.daemon import tune_threads
+from tvixd.daemon import tune_gc, tune_threads
 from tvixd.store.registry import path_info_service_from_url
 
 MiB = 1 << 20
@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     source = args.tree or (default_quick_tree() if args.quick else Path("/usr/lib"))
     check_supported(source)
-    tune_threads()  # the ingest runs as in tvixd (its GIL switch interval)
+    tune_threads()  # the ingest runs as in tvixd: its GIL switch interval
+    tune_gc()  # and its garbage collector settings
 
     added: list[str] = []
     load_before = os.getloadavg()
