@@ -245,14 +245,20 @@ async def test_sink_failure_is_raised_and_stores_no_directory(tree: Path, fail_a
 async def test_walker_failure_leaves_no_temp_file(tmp_path: Path) -> None:
     tree = mixed_tree(tmp_path / "tree")
     os.mkfifo(tree / "d5" / "zz-fifo")  # late in NAR order: blobs are in flight by then
-    blobs = await ObjectStoreBlobService.open(tmp_path / "blobs")
+    await fails_leaving_nothing(tree, tmp_path / "blobs")
+
+
+async def fails_leaving_nothing(tree: Path, store: Path) -> None:
+    """Ingesting ``tree`` (with a fifo in it) into an objectstore at ``store`` fails on the
+    fifo, and leaves no directory, no corrupt blob, no temp file and no open descriptor."""
+    blobs = await ObjectStoreBlobService.open(store)
     directories = MemoryDirectoryService()
     fds = open_fds()
     with pytest.raises(NarError, match="unsupported file type 'p'"):
         await ingest_path(tree, blobs, directories)
     assert directories._directories == {}
-    assert corrupt_blobs(tmp_path / "blobs") == []
-    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+    assert corrupt_blobs(store) == []
+    assert os.listdir(store / "tmp") == []
     assert open_fds() == fds
 
 
@@ -412,15 +418,7 @@ async def test_walker_failure_with_large_files_queued(tmp_path: Path) -> None:
     for i in range(6):
         (tree / f"a-big-{i}").write_bytes(rng.randbytes(2 * LARGE_CHUNK + 1))
     os.mkfifo(tree / "z-fifo")
-    blobs = await ObjectStoreBlobService.open(tmp_path / "blobs")
-    directories = MemoryDirectoryService()
-    fds = open_fds()
-    with pytest.raises(NarError, match="unsupported file type 'p'"):
-        await ingest_path(tree, blobs, directories)
-    assert directories._directories == {}
-    assert corrupt_blobs(tmp_path / "blobs") == []
-    assert os.listdir(tmp_path / "blobs" / "tmp") == []
-    assert open_fds() == fds
+    await fails_leaving_nothing(tree, tmp_path / "blobs")
 
 
 async def test_hasher_reads_large_files_and_closes_them(tmp_path: Path) -> None:
