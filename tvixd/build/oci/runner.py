@@ -212,31 +212,33 @@ class Runc:
         answer: dict[str, object] | None = None
         try:
             try:
-                await _send(control, request, [log_write, theirs.fileno()])
-            except OSError as exc:
-                raise BuildError(f"cannot reach the runc shim: {exc}") from exc
+                try:
+                    await _send(control, request, [log_write, theirs.fileno()])
+                except OSError as exc:
+                    raise BuildError(f"cannot reach the runc shim: {exc}") from exc
+                finally:
+                    os.close(log_write)
+                    theirs.close()
+                os.set_blocking(log_read, False)
+                conn.setblocking(False)
+                with anyio.move_on_after(time_limit) as scope:
+                    with single_errors():  # on_line's error on its own, not in a group
+                        async with anyio.create_task_group() as tg:
+
+                            async def wait_for_answer() -> None:
+                                nonlocal answer
+                                answer = await answers.next()
+                                if answer is None:  # the shim died: stop reading a dead log
+                                    tg.cancel_scope.cancel()
+
+                            tg.start_soon(wait_for_answer)
+                            while data := await _read(log_read):
+                                await lines.feed(data)
+                            await lines.finish()
             finally:
-                os.close(log_write)
-                theirs.close()
-            os.set_blocking(log_read, False)
-            conn.setblocking(False)
-            with anyio.move_on_after(time_limit) as scope:
-                with single_errors():  # on_line's error on its own, not in a group
-                    async with anyio.create_task_group() as tg:
-
-                        async def wait_for_answer() -> None:
-                            nonlocal answer
-                            answer = await answers.next()
-                            if answer is None:  # the shim died: stop reading a log nobody ends
-                                tg.cancel_scope.cancel()
-
-                        tg.start_soon(wait_for_answer)
-                        while data := await _read(log_read):
-                            await lines.feed(data)
-                        await lines.finish()
-            if answer is None:  # timed out, cancelled, on_line failed or the shim died
-                with anyio.CancelScope(shield=True):
-                    await self._stop(answers, container_id)
+                if answer is None:  # timed out, cancelled, on_line failed or the shim died
+                    with anyio.CancelScope(shield=True):
+                        await self._stop(answers, container_id)
             tail = tuple(lines.tail)
             if scope.cancelled_caught:
                 result = RunResult(-1, True, tail)
@@ -248,27 +250,18 @@ class Runc:
                     )
                     _raise_start_failure(error, tail)
                 result = RunResult(code, False, tail)
-                try:
-                    yield result
-                finally:
+            try:
+                yield result
+            finally:
+                if answer is not None:  # exited by itself: the shim deletes it meanwhile
                     with anyio.CancelScope(shield=True):
                         await self._deleted(answers, container_id)
-                return
-            yield result
-        except BaseException:
-            if answer is None:
-                with anyio.CancelScope(shield=True):
-                    await self._stop(answers, container_id)
-            raise
         finally:
             os.close(log_read)
             conn.close()
 
     async def _stop(self, answers: _Answers, container_id: str) -> None:
         """Kill the container and see it deleted (:meth:`_deleted`); bounded, never raises."""
-        if answers.stopped:
-            return
-        answers.stopped = True
         with anyio.move_on_after(CLEANUP_TIMEOUT / 2):
             await self._quiet("kill", container_id, "KILL")
         with contextlib.suppress(OSError):
@@ -389,7 +382,6 @@ class _Answers:
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
-        self.stopped = False
         self._buffer = b""
         self._closed = False
 
