@@ -72,6 +72,17 @@ from clients.store.sink_stages import (
 )
 from nixcompat.nar import NarError
 from nixcompat.nar.model import check_name, check_target, encode_str, padding, u64
+from nixcompat.nar.writer import (
+    CLOSE,
+    CONTENTS,
+    DIRECTORY,
+    ENTRY,
+    EXECUTABLE,
+    MAGIC,
+    NODE,
+    REGULAR,
+    SYMLINK,
+)
 
 __all__ = ["LARGE_CHUNK", "ingest_with_sink"]
 
@@ -85,23 +96,10 @@ _STEP_FILES, _STEP_BYTES = 1024, 64 * CHUNK_SIZE  # walker work per thread call
 _WAIT = 0.2  # seconds between checks of the other thread's health
 _FILE, _LINK, _DIR = range(3)  # child record kinds
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-# NAR tokens (see nixcompat.nar.model): a node's openings, an entry's end
-_MAGIC = encode_str(b"nix-archive-1")
-_CLOSE = encode_str(b")")
-_OPEN_TYPE = encode_str(b"(") + encode_str(b"type")
-_REGULAR = _OPEN_TYPE + encode_str(b"regular") + encode_str(b"contents")
-_EXECUTABLE = (
-    _OPEN_TYPE
-    + encode_str(b"regular")
-    + encode_str(b"executable")
-    + encode_str(b"")
-    + encode_str(b"contents")
-)
-_SYMLINK = _OPEN_TYPE + encode_str(b"symlink") + encode_str(b"target")
-_DIRECTORY = _OPEN_TYPE + encode_str(b"directory")
-_ENTRY = encode_str(b"entry") + encode_str(b"(") + encode_str(b"name")
-_NODE = encode_str(b"node")
-_CLOSE_ENTRY = _CLOSE + _CLOSE  # the node's, then the entry's
+# NAR tokens (nixcompat.nar.writer's): a regular file's openings, an entry's end
+_REGULAR = REGULAR + CONTENTS
+_EXECUTABLE = REGULAR + EXECUTABLE + CONTENTS
+_CLOSE_ENTRY = CLOSE + CLOSE  # the node's, then the entry's
 
 # A child record: (_FILE, name, digest index, size, executable) | (_LINK, name, target)
 # | (_DIR, name, directory index) — plain tuples: tens of thousands are made.
@@ -233,7 +231,7 @@ class _Walk:
 
     def _run(self) -> Generator[None, None, None]:
         root, nar = self.root, self.nar
-        nar.write(_MAGIC)
+        nar.write(MAGIC)
         kind = _kind(os.lstat(root).st_mode, root)
         if kind != _DIR:
             if kind == _FILE:
@@ -242,7 +240,7 @@ class _Walk:
                 self.root_child = self._symlink(None, root, root, b"")
             nar.flush()
             return
-        nar.write(_DIRECTORY)
+        nar.write(DIRECTORY)
         fds = self._fds
         fds.append(os.open(root, _DIR_FLAGS))
         # per open directory: its name, path, children so far, remaining entries (reversed)
@@ -262,7 +260,7 @@ class _Walk:
                     fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
                     fds.append(fd)
                     open_dirs.append((name, sub, [], _listing(fd, sub)[::-1]))
-                    nar.write(_entry(name) + _DIRECTORY)
+                    nar.write(_entry(name) + DIRECTORY)
                     break
                 if self._step_files >= _STEP_FILES or self._step_bytes >= _STEP_BYTES:
                     self._step_files = self._step_bytes = 0
@@ -277,7 +275,7 @@ class _Walk:
                     open_dirs[-1][2].append(closed)
                     nar.write(_CLOSE_ENTRY)
                 else:
-                    nar.write(_CLOSE)
+                    nar.write(CLOSE)
                     self.root_child = closed
         self._send_batch()
         nar.flush()
@@ -285,7 +283,7 @@ class _Walk:
     def _symlink(self, dir_fd: int | None, name: bytes, path: bytes, head: bytes) -> _Child:
         target = os.readlink(name, dir_fd=dir_fd)
         check_target(target)
-        self.nar.write(head + _SYMLINK + encode_str(target) + (_CLOSE_ENTRY if head else _CLOSE))
+        self.nar.write(head + SYMLINK + encode_str(target) + (_CLOSE_ENTRY if head else CLOSE))
         self.symlinks += 1
         return (_LINK, name, target)
 
@@ -301,7 +299,7 @@ class _Walk:
             executable = bool(st.st_mode & stat.S_IXUSR)
             nar = self.nar
             nar.write(head + (_EXECUTABLE if executable else _REGULAR) + u64(size))
-            tail = padding(size) + (_CLOSE_ENTRY if head else _CLOSE)
+            tail = padding(size) + (_CLOSE_ENTRY if head else CLOSE)
             if size <= CHUNK_SIZE:
                 data = os.read(fd, size) if size else b""
                 if len(data) < size:  # short reads are rare (regular files), but possible
@@ -344,7 +342,7 @@ def _read_rest(fd: int, data: bytes, size: int, path: bytes) -> bytes:
 def _entry(name: bytes) -> bytes:
     """An entry's opening, up to its node (``name`` checked as ``NarWriter`` does)."""
     check_name(name)
-    return _ENTRY + encode_str(name) + _NODE
+    return ENTRY + encode_str(name) + NODE
 
 
 def _step(steps: Iterator[None]) -> bool:

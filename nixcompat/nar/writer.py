@@ -39,17 +39,20 @@ from nixcompat.nar.model import (
 
 Sink = Callable[[bytes], object]
 
+# The NAR's tokens, encoded (also for writers that frame a NAR themselves, such as the
+# fast ingest's walker): a node opens with REGULAR [EXECUTABLE] CONTENTS, SYMLINK or
+# DIRECTORY, a directory entry with ENTRY <name> NODE; CLOSE ends either.
 MAGIC = encode_str(b"nix-archive-1")
-_OPEN = encode_str(b"(")
-_CLOSE = encode_str(b")")
+OPEN = encode_str(b"(")
+CLOSE = encode_str(b")")
 _TYPE = encode_str(b"type")
-_REGULAR = _OPEN + _TYPE + encode_str(b"regular")
-_EXECUTABLE = encode_str(b"executable") + encode_str(b"")
-_CONTENTS = encode_str(b"contents")
-_SYMLINK = _OPEN + _TYPE + encode_str(b"symlink") + encode_str(b"target")
-_DIRECTORY = _OPEN + _TYPE + encode_str(b"directory")
-_ENTRY = encode_str(b"entry") + _OPEN + encode_str(b"name")
-_NODE = encode_str(b"node")
+REGULAR = OPEN + _TYPE + encode_str(b"regular")
+EXECUTABLE = encode_str(b"executable") + encode_str(b"")
+CONTENTS = encode_str(b"contents")
+SYMLINK = OPEN + _TYPE + encode_str(b"symlink") + encode_str(b"target")
+DIRECTORY = OPEN + _TYPE + encode_str(b"directory")
+ENTRY = encode_str(b"entry") + OPEN + encode_str(b"name")
+NODE = encode_str(b"node")
 
 
 class _Frame:
@@ -107,8 +110,8 @@ class NarWriter:
         if not 0 <= size <= MAX_SIZE:
             raise NarError(f"regular file size {size} is out of range")
         prefix = self._start_node("a regular file")
-        marker = _EXECUTABLE if executable else b""
-        self._emit(prefix + _REGULAR + marker + _CONTENTS + u64(size))
+        marker = EXECUTABLE if executable else b""
+        self._emit(prefix + REGULAR + marker + CONTENTS + u64(size))
         self._remaining = size
         self._file_size = size
 
@@ -137,7 +140,7 @@ class NarWriter:
                 f"short of the declared size {self._file_size}"
             )
         self._remaining = None
-        self._emit(padding(self._file_size) + _CLOSE)
+        self._emit(padding(self._file_size) + CLOSE)
 
     def regular(self, executable: bool, size: int, chunks: Iterable[bytes]) -> None:
         """A whole regular file whose contents ``chunks`` yields."""
@@ -150,12 +153,12 @@ class NarWriter:
         """A symlink node."""
         check_target(target)
         prefix = self._start_node("a symlink")
-        self._emit(prefix + _SYMLINK + encode_str(target) + _CLOSE)
+        self._emit(prefix + SYMLINK + encode_str(target) + CLOSE)
 
     def begin_directory(self) -> None:
         """Open a directory node; entries follow, then :meth:`end_directory`."""
         prefix = self._start_node("a directory")
-        self._emit(prefix + _DIRECTORY)
+        self._emit(prefix + DIRECTORY)
         self._dirs.append(_Frame())
 
     def end_directory(self) -> None:
@@ -165,7 +168,7 @@ class NarWriter:
         if not self._dirs or self._dirs[-1].in_entry:
             raise NarError("end_directory without an open directory (close the entry first)")
         self._dirs.pop()
-        self._emit(_CLOSE)
+        self._emit(CLOSE)
 
     def begin_entry(self, name: bytes) -> None:
         """Open an entry of the innermost directory; exactly one node follows."""
@@ -180,7 +183,7 @@ class NarWriter:
             what = "duplicate" if name == last else "unsorted"
             raise NarError(f"{what} directory entry name {name!r} after {last!r}")
         frame.last, frame.in_entry, frame.has_node = name, True, False
-        self._emit(_ENTRY + encode_str(name) + _NODE)
+        self._emit(ENTRY + encode_str(name) + NODE)
 
     def end_entry(self) -> None:
         """Close the open entry; its node must be complete."""
@@ -192,7 +195,7 @@ class NarWriter:
         if not frame.has_node:
             raise NarError(f"entry {frame.last!r} has no node")
         frame.in_entry = False
-        self._emit(_CLOSE)
+        self._emit(CLOSE)
 
     @contextmanager
     def directory(self) -> Iterator[NarWriter]:
