@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -13,7 +14,8 @@ from clients.build.errors import BuildError
 from nixcompat.storepath import StorePath
 from tests.build.helpers import Store, sh_derivation
 from tests.build.test_oci_failures import assert_clean
-from tvixd.build.oci.service import OciBuildService
+from tests.conftest import require_tool
+from tvixd.build.oci.service import OciBuildService, OciConfig
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.runc]
 
@@ -66,3 +68,58 @@ async def test_closing_the_builder_stops_the_shim(
     assert shim is not None
     await builder.close()
     assert shim.process.returncode == 0
+
+
+def _recording_runc(directory: Path) -> tuple[Path, Path, Path]:
+    """A runc wrapper logging its calls and keeping each started container's ``state.json``;
+    (wrapper, the log, the directory of states)."""
+    calls, states = directory / "runc-calls", directory / "states"
+    states.mkdir()
+    wrapper = directory / "runc-recording"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        f'{require_tool("runc")} "$@"; code=$?\n'
+        "root=$2; for id; do :; done\n"  # called as runc --root ROOT ... ID
+        'case " $* " in *" run "*)\n'
+        f'  cp "$root/$id/state.json" "{states}/$id.json" ;;\n'
+        "esac\n"
+        "exit $code\n"
+    )
+    wrapper.chmod(0o755)
+    return wrapper, calls, states
+
+
+def _left_behind(states: Path, root: Path) -> list[str]:
+    """What is left of the recorded containers: cgroups and runc state directories."""
+    recorded = sorted(states.iterdir())
+    assert len(recorded) == 2
+    left = []
+    for path in recorded:
+        container = json.loads(path.read_text())
+        cgroups = set(container["cgroup_paths"].values())
+        assert cgroups  # runc made some
+        left += [cgroup for cgroup in cgroups if os.path.exists(cgroup)]
+        left += [str(root / container["id"])] if (root / container["id"]).exists() else []
+    return left
+
+
+async def test_the_shim_deletes_a_finished_container_itself(
+    tmp_path: Path, store: Store, busybox: StorePath
+) -> None:
+    wrapper, calls, states = _recording_runc(tmp_path)
+    state = tmp_path / "state"
+    config = OciConfig(runc=str(wrapper))
+    builder = await OciBuildService.open(state, store.blobs, store.directories, config)
+    try:
+        for name in ("one", "two"):
+            await store.build(builder, sh_derivation(name, "mkdir $out", busybox))
+        await assert_clean(builder, state)
+    finally:
+        await builder.close()
+    root = Path(calls.read_text().split()[1])  # runc --root ROOT ...
+    assert _left_behind(states, root) == []
+    # runc was started once per build, and never to delete
+    called = calls.read_text()
+    assert called.count(" run --detach ") == 2
+    assert " delete " not in called

@@ -8,7 +8,18 @@ passes for the build, exactly like a Nix builder's merged output.  A
 detached container's init is not runc's child any more, so this process is
 a child subreaper: the inits are re-parented to it and their exit statuses
 can be waited for.  One shim serves every build of a builder, so a build
-costs no interpreter start-up, only ``runc run --detach`` and ``runc delete``.
+costs no interpreter start-up, only ``runc run --detach``.
+
+Deleting a container whose init was reaped does not start runc a third
+time (:meth:`Shim.remove`): with its own pid namespace, no process of it is
+left, and what ``runc delete`` would remove is what runc recorded in its
+``state.json`` — the container's cgroups (``cgroup_paths``) and its state
+directory under ``ROOT``.  The shim removes exactly those, in runc's order
+(cgroups first), which costs ~0.6 ms of CPU where ``runc delete`` costs ~6
+(a Go start-up and a walk over every cgroup v1 hierarchy): a fifth of a
+trivial build's CPU.  Anything else — a state it does not recognize, a
+poststop hook, a cgroup that will not go — and it runs ``runc delete
+--force`` as before.
 
 Run as ``python -I -S shim.py RUNC ROOT`` (standard library only, no
 imports from the project) with a ``SOCK_SEQPACKET`` socket as standard
@@ -35,6 +46,7 @@ import ctypes
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,6 +61,7 @@ class Shim:
 
     def __init__(self, runc: str, root: str) -> None:
         self.base = [runc, "--root", root, "--log-format", "json"]  # text is coloured on a tty
+        self.root = root
         self.lock = threading.Lock()
         self.running: dict[str, threading.Thread] = {}
 
@@ -111,7 +124,27 @@ class Shim:
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         answer_to(conn, {"exit_code": code if code >= 0 else 128 - code})
-        return {"deleted": self.runc("delete", "--force", container_id) == 0}
+        deleted = self.remove(container_id) or self.runc("delete", "--force", container_id) == 0
+        return {"deleted": deleted}
+
+    def remove(self, container_id: str) -> bool:
+        """Delete a container whose init was reaped as ``runc delete`` would; False: not done."""
+        state_dir = os.path.join(self.root, container_id)
+        try:
+            with open(os.path.join(state_dir, "state.json"), "rb") as f:
+                state = json.load(f)
+            config = state["config"]
+            own_pids = {"type": "NEWPID", "path": ""} in config["namespaces"]
+            hooks = config.get("Hooks") or config.get("hooks") or {}  # runc 1.1: "Hooks"
+            if state["id"] != container_id or not own_pids or hooks.get("poststop"):
+                return False
+            for path in sorted(set(state["cgroup_paths"].values())):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(path)
+            shutil.rmtree(state_dir)
+        except (OSError, ValueError, LookupError, TypeError, AttributeError):
+            return False
+        return True
 
     def shutdown(self) -> None:
         """Kill every running container and wait (bounded) for their threads."""
