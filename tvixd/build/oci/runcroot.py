@@ -1,7 +1,7 @@
 """Where runc keeps its container state (``runc --root``): a tmpfs when there is one.
 
 runc writes a few small files per container (``state.json``, ``exec.fifo``)
-and ``runc delete`` removes them again, so each build creates and deletes
+and the container's deletion removes them again, so each build creates and deletes
 inodes in that directory.  runc's own default root is ``/run/runc``, a tmpfs
 on most systems; a root on a disk file system costs more per build, and on
 ext4 without a journal much more while files were deleted nearby in the
