@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import aclosing, contextmanager
-from typing import Any
 
 import betterproto
 from grpclib.const import Status
@@ -51,7 +50,7 @@ from tvixd.journal.model import (
     LogLine,
     NixFileSource,
 )
-from tvixd.protowire import varint
+from tvixd.protowire import Encoded, varint
 
 __all__ = [
     "BATCH_BYTES",
@@ -254,33 +253,11 @@ def encode_batches(events: Iterable[JobEvent], limit: int = BATCH_BYTES) -> Iter
         yield b"".join(parts)
 
 
-class _Encoded:
-    """A message already encoded: grpclib's codec checks its type, then calls ``SerializeToString``.
-
-    Made with :meth:`of`, which skips betterproto's (costly) initialisation:
-    nothing but the codec ever sees these objects.
-    """
-
-    _encoded: bytes
-
-    @classmethod
-    def of(cls, data: bytes) -> Any:
-        message = object.__new__(cls)
-        object.__setattr__(message, "_encoded", data)
-        return message
-
-    def SerializeToString(self) -> bytes:  # the protobuf API's name
-        return self._encoded
-
-    def __bytes__(self) -> bytes:
-        return self._encoded
-
-
-class _EncodedEvent(_Encoded, tvixd_pb.JobEvent):  # type: ignore[misc]  # proto.gen is untyped
+class _EncodedEvent(Encoded, tvixd_pb.JobEvent):  # type: ignore[misc]  # proto.gen is untyped
     """An encoded ``JobEvent``."""
 
 
-class _EncodedBatch(_Encoded, tvixd_pb.JobEventBatch):  # type: ignore[misc]
+class _EncodedBatch(Encoded, tvixd_pb.JobEventBatch):  # type: ignore[misc]
     """An encoded ``JobEventBatch``."""
 
 
