@@ -10,6 +10,8 @@ naming the field (``NARInfo.reference_names[2]``) and the value.
 
 The canonical encoding of a path info (:func:`encode_path_info`) is what
 standard encoders emit: fields in number order, default values omitted.
+``clients.store.wire_fast.decode_path_info_fast`` decodes path infos without
+betterproto, to the same result as :func:`decode_path_info`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from proto.gen.tvix.castore import v1 as castore_pb
 from proto.gen.tvix.store import v1 as store_pb
 
 __all__ = [
+    "CA_HASH_TYPES",
     "calculate_nar_response",
     "decode_path_info",
     "encode_path_info",
@@ -57,6 +60,8 @@ _CA_TYPES: dict[Any, tuple[CaMethod, HashAlgo]] = {
     _Ca.FLAT_SHA512: (CaMethod.flat, HashAlgo.sha512),
 }
 _CA_ENUM = {pair: kind for kind, pair in _CA_TYPES.items()}
+CA_HASH_TYPES: dict[int, tuple[CaMethod, HashAlgo]] = {int(k): v for k, v in _CA_TYPES.items()}
+"""``NARInfo.ca.type`` numbers and what they mean (``clients.store.wire_fast`` decodes by it)."""
 
 
 def node_to_proto(node: Node) -> castore_pb.Node:
