@@ -130,9 +130,49 @@ def node_to_proto(node: Node) -> castore_pb.Node:
             return castore_pb.Node(symlink=castore_pb.SymlinkNode(name=name, target=target))
 
 
+def _varint_end(data: bytes, at: int) -> int:
+    """Where the varint at ``at`` ends; ValueError when it runs past the end (or 10 bytes)."""
+    for end in range(at, min(at + 10, len(data))):
+        if data[end] < 0x80:
+            return end + 1
+    raise ValueError(f"a varint at byte {at} runs past the end")
+
+
+def check_framing(data: bytes) -> None:
+    """ValueError unless ``data``'s top-level fields are whole: every tag and varint ends,
+    every length-delimited and fixed-size field fits in ``data``.
+
+    betterproto reads a cut-short last field short instead of failing, so a
+    truncated message could otherwise still decode (and even validate).  Only
+    the top level is walked, up to the first group or invalid wire type: which
+    length-delimited fields are sub-messages is the schema's business, and
+    betterproto parses those itself.
+    """
+    at = 0
+    while at < len(data):
+        field = at
+        end = _varint_end(data, at)
+        wire_type = int.from_bytes(data[at:end], "little") & 7  # low bits of the first byte
+        at = end
+        if wire_type == 0:
+            at = _varint_end(data, at)
+        elif wire_type == 2:
+            end = _varint_end(data, at)
+            length = sum((b & 0x7F) << (7 * i) for i, b in enumerate(data[at:end]))
+            at = end + length
+        elif wire_type in (1, 5):
+            at += 8 if wire_type == 1 else 4
+        else:  # groups (3, 4), invalid types (6, 7): no length to check; betterproto decides
+            return
+        if at > len(data):
+            raise ValueError(f"the field at byte {field} runs past the end")
+
+
 def parse_message(data: bytes, kind: type) -> Any:
-    """``kind().parse(data)``; InvalidRequest naming ``kind`` and the size when it fails."""
+    """``kind().parse(data)``; InvalidRequest naming ``kind`` and the size when it fails,
+    or when a top-level field is cut short (:func:`check_framing`)."""
     try:
+        check_framing(data)
         return kind().parse(data)
     except Exception as exc:  # betterproto raises assorted types for truncated input
         raise InvalidRequest(

@@ -17,6 +17,7 @@ from clients.store import wire as store_wire
 from proto.gen.tvix.build import v1 as build_pb
 from proto.gen.tvix.castore import v1 as castore_pb
 from proto.gen.tvix.store import v1 as store_pb
+from tests.store.pathinfo_helpers import make_info
 
 
 def test_expect_type_is_exact() -> None:
@@ -65,3 +66,39 @@ def test_every_decoder_uses_them() -> None:
         match=r"^malformed PathInfo.references: has wire type of str, expected list$",
     ):
         store_wire.path_info_from_proto(info)
+
+
+_CUT_SHORT = {
+    "tag": b"\x80",  # a tag's varint that never ends
+    "length": b"\x22\x05ab",  # field 4, 5 bytes announced, 2 present
+    "fixed64": b"\x21ab",  # field 4, 8 bytes expected
+    "fixed32": b"\x2dab",  # field 5, 4 bytes expected
+}
+
+
+@pytest.mark.parametrize("tail", _CUT_SHORT.values(), ids=_CUT_SHORT.keys())
+def test_a_message_whose_last_field_is_cut_short_is_rejected(tail: bytes) -> None:
+    # betterproto reads such input short and returns what it has: a truncated row or
+    # file would decode, and here even validate, if the framing were not checked
+    directory = castore_pb.Directory(
+        files=[castore_pb.FileNode(name=b"a", digest=bytes(32), size=1)]
+    )
+    data = bytes(directory)
+    assert castore_wire.decode_directory(data).files  # whole: fine
+    castore_pb.Directory().parse(data + tail)  # betterproto alone accepts it
+    with pytest.raises(InvalidRequest, match=r"malformed Directory protobuf .* past the end"):
+        castore_wire.decode_directory(data + tail)
+    info = store_wire.encode_path_info(make_info("x"))
+    assert store_wire.decode_path_info(info).store_path.name == "x"
+    with pytest.raises(InvalidRequest, match=r"malformed PathInfo protobuf .* past the end"):
+        store_wire.decode_path_info(info + tail)
+
+
+def test_framing_is_checked_only_where_its_length_is_known() -> None:
+    castore_wire.check_framing(b"")
+    castore_wire.check_framing(b"\x08\x96\x01\x12\x02ab\x19" + bytes(8) + b"\x25" + bytes(4))
+    castore_wire.check_framing(b"\x0b\x80")  # a group: not walked further (betterproto decides)
+    with pytest.raises(ValueError, match="the field at byte 2 runs past the end"):
+        castore_wire.check_framing(b"\x08\x01\x12\x09abc")  # 9 bytes announced, 3 present
+    with pytest.raises(ValueError, match="a varint at byte 3 runs past the end"):
+        castore_wire.check_framing(b"\x08\x01\x10\x80")
