@@ -18,8 +18,8 @@ gets there in two steps:
   that is then valid.
 * Everything else goes to ``wire.decode_path_info``: a known field with an
   unexpected wire type, a varint longer than 10 bytes, a length or a fixed
-  field running past the end (betterproto silently reads such truncated
-  input short, so it is not always rejected), a ``NARInfo.ca.type`` outside
+  field running past the end (``wire.decode_path_info`` refuses those at the
+  top level; betterproto alone would read them short), a ``NARInfo.ca.type`` outside
   the enum, invalid UTF-8 in a string field, and every input that fails
   validation — so rejections carry betterproto's path's exact message, and
   the fast path never has to reproduce a quirk to agree with it.

@@ -241,3 +241,16 @@ def test_non_minimal_varints_are_read() -> None:
 @given(st.sampled_from(ENCODINGS), st.binary(max_size=40), st.integers(0, 600))
 def test_spliced_bytes_agree(data: bytes, junk: bytes, at: int) -> None:
     _agree(data[:at] + junk + data[at:])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(ENCODINGS[4] + b"\x22\x05ab", id="truncated-unknown-field"),
+        pytest.param(ENCODINGS[0] + b"\x80", id="truncated-trailing-tag"),
+    ],
+)
+def test_a_field_cut_short_at_the_end_is_refused_by_both(data: bytes) -> None:
+    for decode in (wire_fast.decode_path_info_fast, wire.decode_path_info):
+        with pytest.raises(InvalidRequest, match="runs past the end"):
+            decode(data)
