@@ -130,12 +130,21 @@ def node_to_proto(node: Node) -> castore_pb.Node:
             return castore_pb.Node(symlink=castore_pb.SymlinkNode(name=name, target=target))
 
 
-def _varint_end(data: bytes, at: int) -> int:
-    """Where the varint at ``at`` ends; ValueError when it runs past the end (or 10 bytes)."""
-    for end in range(at, min(at + 10, len(data))):
-        if data[end] < 0x80:
-            return end + 1
-    raise ValueError(f"a varint at byte {at} runs past the end")
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it, read as betterproto reads it: up to
+    10 bytes, not cut to 64 bits; ValueError naming the byte when it runs past the end of
+    ``data`` or past 10 bytes."""
+    if pos < len(data) and data[pos] < 0x80:  # most tags, lengths and values: one byte
+        return data[pos], pos + 1
+    value = shift = 0
+    for at in range(pos, min(pos + 10, len(data))):
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at + 1
+        shift += 7
+    problem = "runs past the end" if pos + 10 > len(data) else "is longer than 10 bytes"
+    raise ValueError(f"a varint at byte {pos} {problem}")
 
 
 def check_framing(data: bytes) -> None:
@@ -151,15 +160,13 @@ def check_framing(data: bytes) -> None:
     at = 0
     while at < len(data):
         field = at
-        end = _varint_end(data, at)
-        wire_type = int.from_bytes(data[at:end], "little") & 7  # low bits of the first byte
-        at = end
+        key, at = read_varint(data, at)
+        wire_type = key & 7
         if wire_type == 0:
-            at = _varint_end(data, at)
+            _, at = read_varint(data, at)
         elif wire_type == 2:
-            end = _varint_end(data, at)
-            length = sum((b & 0x7F) << (7 * i) for i, b in enumerate(data[at:end]))
-            at = end + length
+            length, at = read_varint(data, at)
+            at += length
         elif wire_type in (1, 5):
             at += 8 if wire_type == 1 else 4
         else:  # groups (3, 4), invalid types (6, 7): no length to check; betterproto decides

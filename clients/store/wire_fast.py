@@ -31,10 +31,9 @@ gets there in two steps:
 from __future__ import annotations
 
 from clients.castore.model import DirectoryNode, FileNode, Node, SymlinkNode
-from clients.errors import InvalidRequest
+from clients.castore.wire import read_varint
 from clients.store import wire
 from clients.store.model import PathInfo, store_path_digest
-from nixcompat.errors import NixCompatError
 from nixcompat.hash import NixHash
 from nixcompat.narinfo import ContentAddress
 from nixcompat.signing import Signature
@@ -61,47 +60,24 @@ class _Unusual(Exception):
     """Input the fast path leaves to betterproto (to reject, or to read its own way)."""
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """The varint at ``pos`` and the position after it, read as betterproto reads it.
-
-    Up to 10 bytes, not truncated to 64 bits; IndexError when the input ends
-    inside it, :class:`_Unusual` when it is longer.
-    """
-    byte = data[pos]
-    if byte < 0x80:
-        return byte, pos + 1
-    value = byte & 0x7F
-    shift = 7
-    pos += 1
-    while True:
-        if shift >= 64:
-            raise _Unusual("varint longer than 10 bytes")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
 def _fields(data: bytes, known: dict[int, int]) -> Fields:
     """``(number, value)`` of each of ``known``'s fields in ``data``, in order.
 
     Unknown fields are skipped; a known field with another wire type, or any
-    field running past the end, raises :class:`_Unusual` (or IndexError).
+    field running past the end, raises :class:`_Unusual` (or ValueError).
     """
     out: Fields = []
     pos = 0
     end = len(data)
     while pos < end:
-        key, pos = _varint(data, pos)
+        key, pos = read_varint(data, pos)
         number = key >> 3
         kind = key & 7
         value: int | bytes
         if kind == _VARINT:
-            value, pos = _varint(data, pos)
+            value, pos = read_varint(data, pos)
         elif kind == _LEN:
-            length, pos = _varint(data, pos)
+            length, pos = read_varint(data, pos)
             stop = pos + length
             if stop > end:
                 raise _Unusual("length-delimited field runs past the end")
@@ -278,5 +254,5 @@ def decode_path_info_fast(data: bytes) -> PathInfo:
     """
     try:
         return _decode(data)
-    except (_Unusual, IndexError, InvalidRequest, NixCompatError, UnicodeDecodeError):
+    except (_Unusual, IndexError, ValueError):  # InvalidRequest, NixCompatError, bad UTF-8 too
         return wire.decode_path_info(data)

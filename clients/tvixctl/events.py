@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from clients.castore.wire import read_varint
 from clients.tvixctl.common import CommandError
 from proto.gen.tvixd import v1 as pb
 
@@ -88,22 +89,13 @@ class _Reader:
         self.data = data
 
     def _varint(self, pos: int, end: int) -> tuple[int, int]:
-        data = self.data
-        if pos < end and data[pos] < 0x80:  # most tags, lengths and values: one byte
-            return data[pos], pos + 1
-        value = shift = 0
-        start = pos
-        while True:
-            if pos >= end:
-                raise MalformedEvents(f"JobEventBatch: truncated varint at byte {start}")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value, pos
-            shift += 7
-            if shift >= 70:
-                raise MalformedEvents(f"JobEventBatch: varint too long at byte {start}")
+        try:
+            value, after = read_varint(self.data, pos)
+        except ValueError as exc:
+            raise MalformedEvents(f"JobEventBatch: {exc}") from exc
+        if after > end:
+            raise MalformedEvents(f"JobEventBatch: a varint at byte {pos} runs past the end")
+        return value, after
 
     def fields(self, span: slice, what: str) -> list[tuple[int, Value, int]]:
         """``(field number, value, offset)`` of the message at ``span``, in order."""

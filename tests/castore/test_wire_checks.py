@@ -102,3 +102,14 @@ def test_framing_is_checked_only_where_its_length_is_known() -> None:
         castore_wire.check_framing(b"\x08\x01\x12\x09abc")  # 9 bytes announced, 3 present
     with pytest.raises(ValueError, match="a varint at byte 3 runs past the end"):
         castore_wire.check_framing(b"\x08\x01\x10\x80")
+
+
+def test_read_varint_reads_as_betterproto_does() -> None:
+    assert castore_wire.read_varint(b"\x07\x96\x01", 0) == (7, 1)
+    assert castore_wire.read_varint(b"\x07\x96\x01", 1) == (150, 3)
+    ten = b"\xff" * 9 + b"\x7f"  # 70 bits: not cut to 64, as betterproto reads it
+    assert castore_wire.read_varint(ten, 0) == ((1 << 70) - 1, 10)
+    with pytest.raises(ValueError, match="a varint at byte 0 is longer than 10 bytes"):
+        castore_wire.read_varint(b"\xff" * 11, 0)
+    with pytest.raises(ValueError, match="a varint at byte 1 runs past the end"):
+        castore_wire.read_varint(b"\x00\x80\x80", 1)

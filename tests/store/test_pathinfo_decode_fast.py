@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clients.castore.model import SymlinkNode
+from clients.castore.wire import read_varint
 from clients.errors import InvalidRequest
 from clients.store import wire, wire_fast
 from clients.store.model import PathInfo
@@ -74,7 +75,7 @@ def _top_fields(data: bytes) -> list[bytes]:
     while pos < len(data):
         start = pos
         pos += 1  # every top-level tag is one byte
-        length, pos = wire_fast._varint(data, pos)
+        length, pos = read_varint(data, pos)
         pos += length
         out.append(data[start:pos])
     return out

@@ -85,7 +85,7 @@ def test_unknown_fields_are_skipped() -> None:
     ("data", "message"),
     [
         (b"\x0a\x05\x08", "JobEventBatch: field 1 at byte 0 claims 5 bytes, 1 left"),
-        (b"\x0a\x02\x08\x80", "truncated varint at byte 3"),
+        (b"\x0a\x02\x08\x80", "a varint at byte 3 runs past the end"),
         (b"\x0a\x01\x0f", "JobEvent: field 1 has unsupported wire type 7 at byte 2"),
         (b"\x0a\x03\x12\x01\xff", "JobEvent.job_id is not UTF-8 (at byte 2)"),
         (b"\x0a\x02\x10\x01", "JobEvent.job_id is not length-delimited (at byte 2)"),
