@@ -13,6 +13,7 @@ builder's wire modules use them too.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import betterproto
@@ -147,6 +148,34 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     raise ValueError(f"a varint at byte {pos} {problem}")
 
 
+def iter_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """``(field number, wire type, value)`` of each top-level field of ``data``, in order,
+    read as betterproto reads them.
+
+    The value is the varint of a varint field, the bytes of a length-delimited
+    one, and 0 for a fixed-size field (skipped) and for a group or invalid wire
+    type (3, 4, 6, 7: betterproto reads the tag alone).  ValueError naming the
+    byte where a field starts when it runs past the end of ``data`` (a field
+    is only read when the iteration reaches it).
+    """
+    at, end = 0, len(data)
+    while at < end:
+        field = at
+        key, at = read_varint(data, at)
+        wire_type = key & 7
+        value: int | bytes = 0
+        if wire_type == 0:
+            value, at = read_varint(data, at)
+        elif wire_type == 2:
+            length, at = read_varint(data, at)
+            value, at = data[at : at + length], at + length
+        elif wire_type in (1, 5):
+            at += 8 if wire_type == 1 else 4
+        if at > end:
+            raise ValueError(f"the field at byte {field} runs past the end")
+        yield key >> 3, wire_type, value
+
+
 def check_framing(data: bytes) -> None:
     """ValueError unless ``data``'s top-level fields are whole: every tag and varint ends,
     every length-delimited and fixed-size field fits in ``data``.
@@ -157,22 +186,9 @@ def check_framing(data: bytes) -> None:
     length-delimited fields are sub-messages is the schema's business, and
     betterproto parses those itself.
     """
-    at = 0
-    while at < len(data):
-        field = at
-        key, at = read_varint(data, at)
-        wire_type = key & 7
-        if wire_type == 0:
-            _, at = read_varint(data, at)
-        elif wire_type == 2:
-            length, at = read_varint(data, at)
-            at += length
-        elif wire_type in (1, 5):
-            at += 8 if wire_type == 1 else 4
-        else:  # groups (3, 4), invalid types (6, 7): no length to check; betterproto decides
+    for _, wire_type, _ in iter_fields(data):
+        if wire_type not in (0, 1, 2, 5):  # groups, invalid types: no length; betterproto decides
             return
-        if at > len(data):
-            raise ValueError(f"the field at byte {field} runs past the end")
 
 
 def parse_message(data: bytes, kind: type) -> Any:

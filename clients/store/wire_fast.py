@@ -31,7 +31,7 @@ gets there in two steps:
 from __future__ import annotations
 
 from clients.castore.model import DirectoryNode, FileNode, Node, SymlinkNode
-from clients.castore.wire import read_varint
+from clients.castore.wire import iter_fields
 from clients.store import wire
 from clients.store.model import PathInfo, store_path_digest
 from nixcompat.hash import NixHash
@@ -41,7 +41,7 @@ from nixcompat.storepath import StorePath
 
 __all__ = ["decode_path_info_fast"]
 
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+_VARINT, _LEN = 0, 2  # the wire types of the fields decoded here
 
 Fields = list[tuple[int, "int | bytes"]]
 
@@ -63,33 +63,12 @@ class _Unusual(Exception):
 def _fields(data: bytes, known: dict[int, int]) -> Fields:
     """``(number, value)`` of each of ``known``'s fields in ``data``, in order.
 
-    Unknown fields are skipped; a known field with another wire type, or any
-    field running past the end, raises :class:`_Unusual` (or ValueError).
+    Unknown fields are skipped; a known field with another wire type raises
+    :class:`_Unusual`, any field running past the end ValueError
+    (``iter_fields``).
     """
     out: Fields = []
-    pos = 0
-    end = len(data)
-    while pos < end:
-        key, pos = read_varint(data, pos)
-        number = key >> 3
-        kind = key & 7
-        value: int | bytes
-        if kind == _VARINT:
-            value, pos = read_varint(data, pos)
-        elif kind == _LEN:
-            length, pos = read_varint(data, pos)
-            stop = pos + length
-            if stop > end:
-                raise _Unusual("length-delimited field runs past the end")
-            value = data[pos:stop]
-            pos = stop
-        elif kind in (_FIXED64, _FIXED32):
-            pos += 8 if kind == _FIXED64 else 4
-            if pos > end:
-                raise _Unusual("fixed-size field runs past the end")
-            value = 0
-        else:
-            value = 0  # groups and wire types 6, 7: betterproto reads the tag alone
+    for number, kind, value in iter_fields(data):
         expected = known.get(number)
         if expected is None:
             continue

@@ -113,3 +113,18 @@ def test_read_varint_reads_as_betterproto_does() -> None:
         castore_wire.read_varint(b"\xff" * 11, 0)
     with pytest.raises(ValueError, match="a varint at byte 1 runs past the end"):
         castore_wire.read_varint(b"\x00\x80\x80", 1)
+
+
+def test_iter_fields_reads_each_wire_type() -> None:
+    data = b"\x08\x96\x01" + b"\x12\x02ab" + b"\x19" + bytes(8) + b"\x25" + bytes(4) + b"\x33"
+    assert list(castore_wire.iter_fields(data)) == [
+        (1, 0, 150),
+        (2, 2, b"ab"),
+        (3, 1, 0),
+        (4, 5, 0),
+        (6, 3, 0),  # a group's tag, read alone
+    ]
+    fields = castore_wire.iter_fields(b"\x08\x01\x12\x09abc")
+    assert next(fields) == (1, 0, 1)  # whole fields come before the one cut short
+    with pytest.raises(ValueError, match="the field at byte 2 runs past the end"):
+        next(fields)
