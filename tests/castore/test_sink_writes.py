@@ -149,6 +149,35 @@ def test_failed_write_raises_and_releases(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
 
 
+@pytest.mark.parametrize("size", [100, 5000], ids=["padding-only", "pages-then-padding"])
+def test_a_failed_padded_write_reports_its_own_error(tmp_path: Path, size: int) -> None:
+    """A short chunk goes out through a zero-padded page; when that write fails (here
+    ENOSPC), the caller gets a StorageError naming it, and the sink stays usable."""
+    store = anyio.run(ObjectStoreBlobService.open, tmp_path / "blobs")
+    sink = ObjectStoreSink(store)
+    pool = Pool(2)
+    try:
+        writer = sink.begin()
+        full = os.open("/dev/full", os.O_WRONLY)
+        try:
+            os.dup2(full, writer._temp.fd)  # type: ignore[attr-defined]
+        finally:
+            os.close(full)
+        write_blob_into(writer, pool, [os.urandom(size)])
+        writer.finish()  # the write's outcome is the creator thread's: raised by the flush
+        with pytest.raises(StorageError, match="No space left on device"):
+            sink.flush()
+        assert len(pool.free) == 2
+        data = os.urandom(5000)
+        writer, _ = write_blob(sink, pool, [data])  # the next blob is written whole
+        digest = writer.finish()
+        sink.flush()
+        assert store.path(digest).read_bytes() == data
+    finally:
+        sink.close()
+    anyio.run(store.close)
+
+
 @pytest.mark.parametrize(
     "sizes",
     [

@@ -125,6 +125,25 @@ def _pwrite_all(fd: int, data: Buffer, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+_pages = threading.local()
+
+
+def _zero_page(tail: memoryview) -> memoryview:
+    """This thread's page-aligned page: ``tail`` (shorter than a page), then zeros.
+
+    One page per thread, never closed: an ``mmap`` cannot be closed while any view
+    of it lives, and a traceback of a failed write keeps the writer's views alive
+    (closing it then would replace the write's own error with a ``BufferError``).
+    """
+    page: mmap.mmap | None = getattr(_pages, "page", None)
+    if page is None:
+        page = _pages.page = mmap.mmap(-1, _ALIGN)
+    padded = memoryview(page)
+    padded[: len(tail)] = tail
+    padded[len(tail) :] = bytes(_ALIGN - len(tail))
+    return padded
+
+
 class _Pending:
     __slots__ = ("name", "size", "temp")
 
@@ -183,17 +202,16 @@ class _Large:
             if pad and self._direct and _aligned(data, whole=False):
                 view = memoryview(data)
                 head = len(view) - len(view) % _ALIGN
-                with mmap.mmap(-1, _ALIGN) as page, memoryview(page) as padded:
-                    padded[: len(view) - head] = view[head:]
-                    try:
-                        if head:
-                            _pwrite_all(self._temp.fd, view[:head], offset)
-                        _pwrite_all(self._temp.fd, padded, offset + head)
-                        return
-                    except OSError as exc:
-                        if exc.errno != errno.EINVAL:
-                            raise
-                        self._buffered()  # the device wants another alignment: buffered below
+                padded = _zero_page(view[head:])
+                try:
+                    if head:
+                        _pwrite_all(self._temp.fd, view[:head], offset)
+                    _pwrite_all(self._temp.fd, padded, offset + head)
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._buffered()  # the device wants another alignment: buffered below
             if self._direct and not _aligned(data):
                 self._buffered()  # later writes in flight may go buffered too: still correct
             try:
