@@ -38,6 +38,8 @@ and a failed or cancelled streaming put removes its temp file (shielded).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import tempfile
 import time
@@ -579,7 +581,47 @@ def _read_small(path: str) -> tuple[bytes, bytes] | None:
     return data, blake3.blake3(data).digest()
 
 
+class _EmptyPathLink:
+    """``linkat(fd, "", dir_fd, name, AT_EMPTY_PATH)`` through libc, while it works.
+
+    It names an open file without resolving ``/proc/self/fd/N`` first (~0.2 s of
+    system CPU less for 55,000 blobs).  Linux allows it only with
+    ``CAP_DAC_READ_SEARCH`` (tvixd as root has it); once it failed where the
+    ``/proc`` link then worked, it is not tried again.
+    """
+
+    AT_EMPTY_PATH = 0x1000
+
+    def __init__(self) -> None:
+        self.usable = False
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).linkat
+        except (OSError, AttributeError):
+            return
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        self._fn = fn
+        self.usable = True
+
+    def __call__(self, fd: int, name: str, dir_fd: int) -> int:
+        """0 when linked, else the errno (ctypes releases the GIL for the call)."""
+        if self._fn(fd, b"", dir_fd, os.fsencode(name), self.AT_EMPTY_PATH) == 0:
+            return 0
+        return ctypes.get_errno()
+
+
+_empty_path_link = _EmptyPathLink()
+
+
 def link_fd(fd: int, name: str, dir_fd: int) -> None:
-    """Name the anonymous file ``fd`` (``linkat`` through /proc: no privilege needed)."""
+    """Name the anonymous file ``fd``: ``linkat`` with ``AT_EMPTY_PATH`` where allowed,
+    else through /proc (no privilege needed).  An existing name raises FileExistsError."""
+    code = _empty_path_link(fd, name, dir_fd) if _empty_path_link.usable else -1
+    if code == 0:
+        return
+    if code == errno.EEXIST:
+        raise FileExistsError(code, os.strerror(code), name)
     # a dst_dir_fd makes CPython call linkat(), with AT_SYMLINK_FOLLOW for follow_symlinks
     os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+    if code > 0:  # refused (no capability, a seccomp filter) where the /proc link works
+        _empty_path_link.usable = False
