@@ -1,7 +1,7 @@
 """The threads behind the walker of :mod:`clients.store.sink_ingest`: NAR hasher, store.
 
 Items travel walker → :class:`Hash` → :class:`Store` through bounded queues:
-``(NAR, bytes)`` pieces of NAR framing and small contents (hashed, not
+``(NAR, [bytes, ...])`` pieces of NAR framing and small contents (hashed, not
 passed on); ``(SMALL, [bytes, ...], [directory, ...])`` small files and the
 directories closed since the last such item (the store builds them once the
 files are stored); a large file as ``(LARGE, fd, path, inode, size)`` (an
@@ -31,6 +31,7 @@ from nixcompat.nar import NarError
 #: Large files move in chunks of this size (a multiple of the page size).
 LARGE_CHUNK = 4 * 1024 * 1024
 SHA_BATCH = 256 * 1024  # NAR bytes gathered per hasher item
+OWN_PIECE = 8 * 1024  # writes at least this long are not copied into a NAR piece
 NAR, SMALL, BEGIN, CHUNK, END, LARGE = range(6)  # queue item kinds
 
 
@@ -40,24 +41,38 @@ class NarBytes:
     ``size`` counts every NAR byte, also a large file's contents, which are not
     written here but read and hashed by the hasher from the file's descriptor
     (the walker flushes the pieces before it first, so the hasher still sees
-    the NAR in order).
+    the NAR in order).  Writes of at least :data:`OWN_PIECE` bytes (a small
+    file's contents) are passed on as they are, not copied: the walker would
+    copy them holding the GIL, the hasher hashes them without it.
     """
 
     def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
         self._send = send
         self._pending = bytearray()
+        self._pieces: list[bytes | bytearray] = []
+        self._gathered = 0  # bytes in ``_pieces``
         self.size = 0
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
-        self._pending += data
-        if len(self._pending) >= SHA_BATCH:
+        if len(data) >= OWN_PIECE:
+            if self._pending:
+                self._pieces.append(self._pending)
+                self._pending = bytearray()
+            self._pieces.append(data)
+            self._gathered += len(data)
+        else:
+            self._pending += data
+        if len(self._pending) + self._gathered >= SHA_BATCH:
             self.flush()
 
     def flush(self) -> None:
         if self._pending:
-            piece, self._pending = self._pending, bytearray()
-            self._send((NAR, piece))
+            self._pieces.append(self._pending)
+            self._pending = bytearray()
+        if self._pieces:
+            pieces, self._pieces, self._gathered = self._pieces, [], 0
+            self._send((NAR, pieces))
 
 
 class Stage:
@@ -121,7 +136,9 @@ class Hash(Stage):
 
     def handle(self, item: tuple[Any, ...]) -> None:
         if item[0] == NAR:
-            self.sha.update(item[1])
+            update = self.sha.update
+            for piece in item[1]:
+                update(piece)
         elif item[0] == LARGE:
             if self.stopped:
                 os.close(item[1])

@@ -9,6 +9,7 @@ importing again completes the job.  Two crashes: the writing process itself
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -30,10 +31,13 @@ from tests.store.bridge_fixtures import (
 )
 
 WRITER = """
+import os
 import sys
 from pathlib import Path
 
 import anyio
+
+from tvixd.castore.blobs import writer
 
 from clients.store.ingest import import_path_as_store_path
 from tvixd.castore.registry import blob_service_from_url, directory_service_from_url
@@ -51,6 +55,7 @@ async def main(state: str, trees: list[str]) -> None:
         print(info.store_path, flush=True)
 
 
+writer.START_AFTER = int(os.environ.get("TEST_WRITER_START_AFTER", writer.START_AFTER))
 anyio.run(main, sys.argv[1], sys.argv[2:])
 """
 
@@ -95,10 +100,34 @@ def verify(state: Path, socket: Path) -> tuple[int, str]:
     return done.returncode, (done.stdout + done.stderr).decode()
 
 
-def test_writer_killed_mid_upload(trees: list[Path], tmp_path: Path) -> None:
+def blob_writers(state: Path) -> list[str]:
+    """Pids of live blob writer processes (``tvixd.castore.blobs.writer``) for ``state``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"tvixd.castore.blobs.writer" in argv and str(state / "blobs").encode() in argv:
+            found.append(pid)
+    return found
+
+
+@pytest.mark.parametrize(
+    "start_after",
+    [pytest.param(None, id="in-process"), pytest.param(16, id="writer-process")],
+)
+def test_writer_killed_mid_upload(
+    trees: list[Path], tmp_path: Path, start_after: int | None
+) -> None:
+    """With ``writer-process``, each tree's small blobs past the 16th go through a blob
+    writer process, which outlives the killed writer only until it sees its socket close."""
     state = tmp_path / "state"
     argv = [sys.executable, "-c", WRITER, str(state), *map(str, trees)]
-    writer = subprocess.Popen(argv, stdout=subprocess.PIPE, env=python_env())
+    env = python_env()
+    if start_after is not None:
+        env["TEST_WRITER_START_AFTER"] = str(start_after)
+    writer = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
     assert writer.stdout is not None
     # past the first tree's path info, into the second tree's upload, well before the last
     # tree is done (each takes ~0.1 s). Counting named blobs instead raced: the ingest names
@@ -111,6 +140,10 @@ def test_writer_killed_mid_upload(trees: list[Path], tmp_path: Path) -> None:
     finished = (first + writer.stdout.read()).decode().split()
     writer.stdout.close()
     assert 1 <= len(finished) < TREES
+    deadline = time.monotonic() + 30
+    while blob_writers(state):
+        assert time.monotonic() < deadline, "a blob writer process outlived its ingest"
+        time.sleep(0.02)
     assert corrupt_blobs(state / "blobs") == []
     code, report = verify(state, tmp_path / "s.sock")
     assert code == 0, report
@@ -121,7 +154,7 @@ def test_writer_killed_mid_upload(trees: list[Path], tmp_path: Path) -> None:
     assert set(finished) <= set(stored)
     assert len(stored) - len(finished) in (0, 1)
     # starting again completes the job
-    again = subprocess.run(argv, capture_output=True, env=python_env(), timeout=60, check=False)
+    again = subprocess.run(argv, capture_output=True, env=env, timeout=60, check=False)
     assert again.returncode == 0, again.stderr
     assert again.stdout.decode().split()[: len(finished)] == finished
     assert set(stored) == set(again.stdout.decode().split()[: len(stored)])

@@ -241,7 +241,7 @@ class ObjectStoreBlobService:
     async def open(cls, root: Path) -> ObjectStoreBlobService:
         service = cls(root)
         try:
-            await anyio.to_thread.run_sync(service._prepare)
+            await anyio.to_thread.run_sync(service.prepare)
         except OSError as exc:
             raise StorageError(f"cannot open blob store at {root}: {exc}") from exc
         return service
@@ -250,7 +250,8 @@ class ObjectStoreBlobService:
     async def from_url(cls, url: str) -> ObjectStoreBlobService:
         return await cls.open(local_path(url, "objectstore+file", directory=True))
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Create the directories, sweep stale temp files, probe ``O_TMPFILE`` (blocking I/O)."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         _sweep(self._tmp, time.time())
         self._anonymous = self._probe_anonymous()

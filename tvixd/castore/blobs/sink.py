@@ -44,6 +44,12 @@ its bytes are written.  A large blob found present at the end is dropped,
 never synced.  At most
 :data:`GROUPS_IN_FLIGHT` groups are committing at a time (open temp files
 are bounded by that and the open-file limit).
+
+Past :data:`~tvixd.castore.blobs.writer.START_AFTER` small blobs, new small
+blobs go to a writer *process* instead of the creator threads (hashed here,
+copied into a shared ring, created, written, grouped and named there by this
+same class, with its own GIL); see :mod:`tvixd.castore.blobs.writer`.
+:meth:`ObjectStoreSink.flush` waits for its groups as well.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ import blake3
 from clients.castore.model import B3Digest
 from clients.errors import StorageError
 from clients.store.sink import Buffer, LargeBlobWriter
+from tvixd.castore.blobs import writer
 from tvixd.castore.blobs.objectstore import (
     DIR_FLAGS,
     ObjectStoreBlobService,
@@ -309,8 +316,21 @@ class _Large:
 class ObjectStoreSink:
     """Bulk writer into an :class:`ObjectStoreBlobService` (see the module docs)."""
 
-    def __init__(self, store: ObjectStoreBlobService, durability: str = "syncfs") -> None:
-        """Open it on a worker thread (this does I/O); ``durability``: ``syncfs`` or ``fsync``."""
+    def __init__(
+        self,
+        store: ObjectStoreBlobService,
+        durability: str = "syncfs",
+        *,
+        writer_process: bool = True,
+        drop_cache: bool = False,
+    ) -> None:
+        """Open it on a worker thread (this does I/O); ``durability``: ``syncfs`` or ``fsync``.
+
+        ``writer_process``: start a :mod:`~tvixd.castore.blobs.writer` process for the small
+        blobs once this sink has stored :data:`~tvixd.castore.blobs.writer.START_AFTER` itself.
+        ``drop_cache``: drop the pages of every committed group from the page cache (the
+        writer process asks for it: it only runs for large ingests).
+        """
         if durability not in ("syncfs", "fsync"):
             raise ValueError(f"durability must be 'syncfs' or 'fsync', not {durability!r}")
         self._store = store
@@ -341,6 +361,11 @@ class ObjectStoreSink:
             os.close(self._root_fd)
             raise
         self._blobs = self._bytes = 0
+        self._durability = durability
+        self._small = 0  # small blobs this sink wrote itself
+        self._writer: writer.WriterProcess | None = None
+        self._writer_wanted = writer_process
+        self._drop_cache = drop_cache
 
     @property
     def blobs_written(self) -> int:
@@ -349,6 +374,11 @@ class ObjectStoreSink:
     @property
     def bytes_written(self) -> int:
         return self._bytes
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The pid of this sink's writer process, while it has one."""
+        return None if self._writer is None else self._writer.pid
 
     def has(self, digest: bytes) -> bool:
         if digest in self._known:
@@ -395,11 +425,36 @@ class ObjectStoreSink:
         if self._present(name, digest):
             return B3Digest(digest)
         self.accept(digest, len(data))
+        if self._writer is not None or self._start_writer():
+            assert self._writer is not None
+            self._writer.put(data, digest)
+            return B3Digest(digest)
+        self._small += 1
         self._batch.append((data if isinstance(data, bytes) else bytes(data), name))
         self._batch_bytes += len(data)
         if len(self._batch) >= CREATE_BATCH or self._batch_bytes >= CREATE_BATCH_BYTES:
             self._hand_over()
         return B3Digest(digest)
+
+    def _start_writer(self) -> bool:
+        if not self._writer_wanted or self._small < writer.START_AFTER:
+            return False
+        self._writer_wanted = False  # one try
+        try:
+            self._writer = writer.WriterProcess(self._root, self._durability)
+        except OSError:
+            return False  # e.g. no memfd, no fds left: this process writes them all
+        return True
+
+    def put_named(self, data: Buffer, name: str) -> None:
+        """Write a new blob whose name the caller computed, on this thread (the writer process)."""
+        temp = self._temp()
+        try:
+            write_all(temp.fd, data)
+        except OSError as exc:
+            temp.close()
+            raise StorageError(f"cannot write blob {name} into {self.tmp}: {exc}") from exc
+        self.add(temp, name, len(data))
 
     def begin(self) -> LargeBlobWriter:
         return _Large(self, self._temp())
@@ -450,6 +505,8 @@ class ObjectStoreSink:
         self._committing.append(self._committer.submit(self._commit, group))
 
     def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
         if self._batch:
             self._hand_over()
         while self._creating:
@@ -487,6 +544,10 @@ class ObjectStoreSink:
                             os.fsync(dir_fd)
             except OSError as exc:
                 raise StorageError(f"cannot store blobs in {self._store.root}: {exc}") from exc
+            if self._drop_cache:  # durable and clean: the next group's writes reuse the pages
+                for pending in group:
+                    with contextlib.suppress(OSError):  # only a hint
+                        os.posix_fadvise(pending.temp.fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             for pending in group:
                 pending.temp.close()
@@ -497,6 +558,9 @@ class ObjectStoreSink:
         """Wait for the committing groups; drop the unsubmitted one; release everything."""
         if self._root_fd < 0:
             return
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         while self._creating:  # every temp file handed over ends in the group (closed below)
             with contextlib.suppress(Exception):
                 self._creating.popleft().result()

@@ -1,0 +1,320 @@
+"""The objectstore sink's writer process (``tvixd.castore.blobs.writer``).
+
+Past ``START_AFTER`` small blobs, a sink hands new small blobs to a child
+process through a shared ring; after ``flush`` they are named with their
+exact contents, exactly as when the sink writes them itself.  A writer that
+dies or refuses a message fails the sink with an error that says so, and
+never leaves a blob under a wrong name; a writer whose sink goes away exits.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import blake3
+import pytest
+
+from clients.errors import StorageError
+from tests.store.bridge_fixtures import blob_files, corrupt_blobs
+from tvixd.castore.blobs import writer
+from tvixd.castore.blobs.objectstore import ObjectStoreBlobService
+from tvixd.castore.blobs.sink import ObjectStoreSink
+
+WRITER_MODULE = "tvixd.castore.blobs.writer"
+
+
+def is_writer(pid: int | None) -> bool:
+    """Whether ``pid`` is a live writer process."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return WRITER_MODULE.encode() in f.read().split(b"\0")
+    except FileNotFoundError:
+        return False
+
+
+def open_store(root: Path) -> ObjectStoreBlobService:
+    return anyio.run(ObjectStoreBlobService.open, root)
+
+
+def blobs(count: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(rng.choice([0, 1, 100, 4096, 5000, 70_000])) for _ in range(count)]
+
+
+@pytest.fixture
+def few(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A writer process after this many small blobs (instead of START_AFTER)."""
+    monkeypatch.setattr(writer, "START_AFTER", 8)
+    return 8
+
+
+@pytest.mark.parametrize("durability", ["syncfs", "fsync"])
+def test_blobs_past_the_threshold_are_written_by_the_writer(
+    tmp_path: Path, few: int, durability: str
+) -> None:
+    store = open_store(tmp_path / "blobs")
+    sink = ObjectStoreSink(store, durability)
+    data = blobs(300, seed=1)
+    data += data[:20]  # present ones are skipped, also those the writer holds
+    try:
+        digests = [sink.put(d) for d in data]
+        pid = sink.writer_pid
+        assert is_writer(pid)
+        sink.flush()
+        unique = {bytes(d): d for d in digests}
+        assert sink.blobs_written == len(unique)
+        assert sink.bytes_written == sum(len(d) for d in {bytes(x): x for x in data}.values())
+        for payload, digest in zip(data, digests, strict=True):
+            assert digest == blake3.blake3(payload).digest()
+            assert store.path(digest).read_bytes() == payload
+        assert len(blob_files(tmp_path / "blobs")) == len(unique)
+        assert all(f.stat().st_mode & 0o777 == 0o444 for f in blob_files(tmp_path / "blobs"))
+        # more after a flush, through the same writer
+        more = blobs(40, seed=2)
+        for d in more:
+            sink.put(d)
+        sink.flush()
+        assert all(store.path(blake3.blake3(d).digest()).read_bytes() == d for d in more)
+        assert sink.writer_pid == pid
+    finally:
+        sink.close()
+        anyio.run(store.close)
+    assert not is_writer(pid)  # close waits for it
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+
+
+def test_small_puts_start_no_process(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "blobs")
+    sink = ObjectStoreSink(store)
+    try:
+        for d in blobs(writer.START_AFTER, seed=3):
+            sink.put(d)
+        assert sink.writer_pid is None
+        sink.flush()
+    finally:
+        sink.close()
+        anyio.run(store.close)
+
+
+def test_a_killed_writer_fails_the_sink(tmp_path: Path, few: int) -> None:
+    store = open_store(tmp_path / "blobs")
+    sink = ObjectStoreSink(store)
+    try:
+        for d in blobs(few + 50, seed=4):
+            sink.put(d)
+        pid = sink.writer_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        more = blobs(3000, seed=5)  # more than the ring holds: the sink must wait for the writer
+
+        def put_more() -> None:
+            for d in more:
+                sink.put(d)
+            sink.flush()
+
+        with pytest.raises(StorageError, match=r"blob writer process exited \(status -9\)"):
+            put_more()
+        with pytest.raises(StorageError, match="blob writer process exited"):
+            sink.flush()  # stays failed
+    finally:
+        sink.close()
+        anyio.run(store.close)
+    assert corrupt_blobs(tmp_path / "blobs") == []
+
+
+def test_the_writer_exits_when_its_sink_is_gone(tmp_path: Path) -> None:
+    """SIGKILL the sink's process: its writer sees the socket close and exits."""
+    script = """
+import random, sys, anyio
+from pathlib import Path
+from tvixd.castore.blobs import writer
+from tvixd.castore.blobs.objectstore import ObjectStoreBlobService
+from tvixd.castore.blobs.sink import ObjectStoreSink
+writer.START_AFTER = 8
+store = anyio.run(ObjectStoreBlobService.open, Path(sys.argv[1]))
+sink = ObjectStoreSink(store)
+rng = random.Random(6)
+for _ in range(200):
+    sink.put(rng.randbytes(3000))
+sink.flush()
+print("flushed", flush=True)
+for _ in range(2000):
+    sink.put(rng.randbytes(3000))
+print("put", flush=True)
+sys.stdin.read()
+"""
+    root = tmp_path / "blobs"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    ) as owner:
+        assert owner.stdout is not None
+        try:
+            assert owner.stdout.readline() == b"flushed\n"
+            assert owner.stdout.readline() == b"put\n"
+            (child,) = _cmdline_pids(root)
+            owner.kill()
+            assert owner.wait(timeout=10) == -signal.SIGKILL
+        finally:
+            owner.kill()
+    deadline = time.monotonic() + 30
+    while child in _cmdline_pids(root):  # gone, or a zombie (no command line)
+        assert time.monotonic() < deadline, "the writer outlived its sink"
+        time.sleep(0.02)
+    assert corrupt_blobs(root) == []
+    assert len(blob_files(root)) >= 200  # the flushed ones, at least
+
+
+def _cmdline_pids(root: Path) -> set[str]:
+    """Pids of live writer processes for ``root`` (an orphan is nobody's child here)."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if str(root).encode() in argv and WRITER_MODULE.encode() in argv:
+            found.add(pid)
+    return found
+
+
+class RawWriter:
+    """The writer process driven by hand: its ring and its socket."""
+
+    def __init__(self, root: Path) -> None:
+        anyio.run(ObjectStoreBlobService.open, root)  # the directories
+        self.ring_fd = os.memfd_create("test-ring")
+        os.ftruncate(self.ring_fd, writer.RING_BYTES)
+        self.ring = mmap.mmap(self.ring_fd, writer.RING_BYTES)
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        argv = [str(root), "syncfs", str(self.ring_fd), str(theirs.fileno())]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", WRITER_MODULE, *argv],
+            pass_fds=(self.ring_fd, theirs.fileno()),
+            env=env,
+        )
+        theirs.close()
+        self.sock.settimeout(30)
+
+    def write(self, position: int, data: bytes, digest: bytes | None = None) -> bytes:
+        start = position % writer.RING_BYTES
+        self.ring[start : start + len(data)] = data
+        digest = digest if digest is not None else blake3.blake3(data).digest()
+        return struct.pack("<QI32s", position, len(data), digest)
+
+    def close(self) -> int:
+        self.sock.close()
+        code = self.process.wait(timeout=30)
+        self.ring.close()
+        os.close(self.ring_fd)
+        return code
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (b"X", b"malformed message"),
+        (b"F12", b"malformed message"),
+        (b"W" + b"\0" * 43, b"not whole records"),
+        (b"W" + struct.pack("<QI32s", writer.RING_BYTES - 10, 20, b"\0" * 32), b"outside the ring"),
+    ],
+)
+def test_the_writer_refuses_bad_messages_and_names_nothing(
+    tmp_path: Path, message: bytes, error: bytes
+) -> None:
+    raw = RawWriter(tmp_path / "blobs")
+    try:
+        good = raw.write(0, b"a blob that must not be named")
+        raw.sock.sendall(b"W" + good)  # written to a temp file, in the group not yet committed
+        raw.sock.sendall(message)
+        replies = []
+        while reply := raw.sock.recv(4096):  # the writer exits after its error
+            replies.append(reply)
+        # the good record may be answered first, or the bad message read before answering
+        assert replies[-1].startswith(b"E"), replies
+        assert error in replies[-1], replies
+        assert replies[:-1] in ([], [b"R" + struct.pack("<Q", 29)]), replies
+    finally:
+        assert raw.close() == 0
+    assert blob_files(tmp_path / "blobs") == []
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+
+
+def test_the_writer_flushes_on_request(tmp_path: Path) -> None:
+    raw = RawWriter(tmp_path / "blobs")
+    try:
+        first, second = b"one", b"two" * 1000
+        records = raw.write(0, first) + raw.write(len(first), second)
+        raw.sock.sendall(b"W" + records)
+        raw.sock.sendall(b"F" + struct.pack("<Q", 7))
+        assert raw.sock.recv(4096) == b"R" + struct.pack("<Q", len(first) + len(second))
+        assert raw.sock.recv(4096) == b"D" + struct.pack("<Q", 7)
+        names = sorted(p.name for p in blob_files(tmp_path / "blobs"))
+        assert names == sorted(blake3.blake3(d).hexdigest() for d in (first, second))
+    finally:
+        assert raw.close() == 0
+
+
+def test_a_store_the_writer_cannot_open_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    # a writer pointed at a path below a regular file cannot create its directories
+    ring_fd = os.memfd_create("test-ring")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    fds = [str(ring_fd), str(theirs.fileno())]
+    process = subprocess.Popen(
+        [sys.executable, "-m", WRITER_MODULE, str(tmp_path / "file" / "x"), "syncfs", *fds],
+        pass_fds=(ring_fd, theirs.fileno()),
+        env=env,
+    )
+    theirs.close()
+    try:
+        ours.settimeout(30)
+        reply = ours.recv(4096)
+        assert reply.startswith(b"Ecannot open blob store at ")
+        assert b"file/x" in reply
+    finally:
+        ours.close()
+        process.wait(timeout=30)
+        os.close(ring_fd)
+
+
+def test_records_parser() -> None:
+    body = struct.pack("<QI32s", 5, 7, b"d" * 32) * 2
+    assert list(writer.records(body)) == [(5, 7, b"d" * 32)] * 2
+    assert list(writer.records(b"")) == []
+    with pytest.raises(ValueError, match="not whole records"):
+        writer.records(body[:-1])
+
+
+def test_a_writer_that_cannot_start_leaves_the_sink_writing(
+    tmp_path: Path, few: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "RING_BYTES", 1 << 62)  # no memfd can be that large
+    store = open_store(tmp_path / "blobs")
+    sink = ObjectStoreSink(store)
+    data = blobs(100, seed=7)
+    try:
+        for d in data:
+            sink.put(d)
+        assert sink.writer_pid is None
+        sink.flush()
+    finally:
+        sink.close()
+        anyio.run(store.close)
+    assert all(store.path(blake3.blake3(d).digest()).read_bytes() == d for d in data)
