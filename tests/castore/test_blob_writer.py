@@ -79,7 +79,9 @@ def test_blobs_past_the_threshold_are_written_by_the_writer(
             assert store.path(digest).read_bytes() == payload
         assert len(blob_files(tmp_path / "blobs")) == len(unique)
         assert all(f.stat().st_mode & 0o777 == 0o444 for f in blob_files(tmp_path / "blobs"))
-        # more after a flush, through the same writer
+        # more after a flush, through the same writer, which a Ctrl-C did not end
+        assert pid is not None
+        os.kill(pid, signal.SIGINT)
         more = blobs(40, seed=2)
         for d in more:
             sink.put(d)

@@ -12,7 +12,9 @@ ingest's threads go on walking, hashing and copying.
 The two share:
 
 * a ring buffer (a ``memfd``, :data:`RING_BYTES`): the sink copies each small
-  blob's bytes in (after hashing them: the sink names every blob itself);
+  blob's bytes in (after hashing them: the sink names every blob itself),
+  from :data:`MEMMOVE_MIN` bytes up with ``ctypes.memmove``, which releases
+  the GIL;
 * a ``SOCK_SEQPACKET`` socket pair for messages:
 
   - sink → writer: ``W`` + records ``<QI32s`` (the blob's position in the ring
@@ -27,9 +29,13 @@ The two share:
 
 The writer commits blobs exactly as the in-process sink does (groups made
 durable by ``syncfs`` before any is named, see :mod:`tvixd.castore.blobs.sink`),
-so a crash or ``SIGKILL`` of either process leaves at most unnamed temp files.
-The writer trusts the digests it is sent: only the sink, in the same
-program, talks to it.
+so a crash or ``SIGKILL`` of either process leaves at most unnamed temp
+files, and then drops each committed group's pages from the page cache: the
+next groups' writes reuse them (on a VM whose host reclaims free guest
+memory, writing into fresh pages costs several times more).  It trusts the
+digests it is sent: only the sink, in the same program, talks to it.  It
+ignores ``SIGINT`` (a Ctrl-C reaches the whole process group; the program
+that started it decides when its sink closes).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import contextlib
 import ctypes
 import mmap
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -285,6 +292,8 @@ def _serve(root: str, durability: str, ring_fd: int, sock: socket.socket) -> Non
 
 def main(argv: list[str]) -> int:
     root, durability, ring_fd, sock_fd = argv
+    # a Ctrl-C meant for the program that started us: it closes its sink (our end of file)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sock_fd))
     try:
         _serve(root, durability, int(ring_fd), sock)
