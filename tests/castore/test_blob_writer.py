@@ -95,17 +95,24 @@ def test_blobs_past_the_threshold_are_written_by_the_writer(
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
 
 
-def test_small_puts_start_no_process(tmp_path: Path) -> None:
+def test_the_writer_starts_after_start_after_new_small_blobs(tmp_path: Path) -> None:
     store = open_store(tmp_path / "blobs")
     sink = ObjectStoreSink(store)
+    rng = random.Random(3)
+    data = [rng.randbytes(100) for _ in range(writer.START_AFTER + 1)]
     try:
-        for d in blobs(writer.START_AFTER, seed=3):
+        for d in data[:-1]:
             sink.put(d)
+        for d in data[:10]:
+            sink.put(d)  # present: not counted
         assert sink.writer_pid is None
+        sink.put(data[-1])
+        assert is_writer(sink.writer_pid)
         sink.flush()
     finally:
         sink.close()
         anyio.run(store.close)
+    assert all(store.path(blake3.blake3(d).digest()).read_bytes() == d for d in data)
 
 
 def test_a_killed_writer_fails_the_sink(tmp_path: Path, few: int) -> None:
@@ -320,3 +327,30 @@ def test_a_writer_that_cannot_start_leaves_the_sink_writing(
         sink.close()
         anyio.run(store.close)
     assert all(store.path(blake3.blake3(d).digest()).read_bytes() == d for d in data)
+
+
+def test_a_failure_in_the_writer_is_raised_with_its_own_message(tmp_path: Path, few: int) -> None:
+    store = open_store(tmp_path / "blobs")
+    sink = ObjectStoreSink(store)
+    rng = random.Random(8)
+    try:
+        for _ in range(few + 20):
+            sink.put(rng.randbytes(500))
+        sink.flush()
+        stored = len(blob_files(tmp_path / "blobs"))
+        assert stored == few + 20
+        (tmp_path / "blobs" / "tmp").rmdir()  # empty: temp files there have no names
+        more = [rng.randbytes(20_000) for _ in range(3000)]  # more than the ring holds
+
+        def put_more() -> None:
+            for d in more:
+                sink.put(d)
+            sink.flush()
+
+        with pytest.raises(StorageError, match=r"cannot create a temp file in .*blobs/tmp"):
+            put_more()
+    finally:
+        sink.close()
+        anyio.run(store.close)
+    assert len(blob_files(tmp_path / "blobs")) == stored
+    assert corrupt_blobs(tmp_path / "blobs") == []

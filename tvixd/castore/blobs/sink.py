@@ -447,7 +447,7 @@ class ObjectStoreSink:
         return True
 
     def put_named(self, data: Buffer, name: str) -> None:
-        """Write a new blob whose name the caller computed, on this thread (the writer process)."""
+        """Write a new blob named by the caller, on this thread (a creator, the writer process)."""
         temp = self._temp()
         try:
             write_all(temp.fd, data)
@@ -478,13 +478,7 @@ class ObjectStoreSink:
     def _create(self, batch: list[tuple[bytes, str]]) -> None:
         """Creator thread: a temp file per blob, written, queued for its group."""
         for data, name in batch:
-            temp = self._temp()
-            try:
-                write_all(temp.fd, data)
-            except OSError as exc:
-                temp.close()
-                raise StorageError(f"cannot write blob {name} into {self.tmp}: {exc}") from exc
-            self.add(temp, name, len(data))
+            self.put_named(data, name)
 
     def add(self, temp: Temp, name: str, size: int) -> None:
         """Creator thread: queue a written temp file for naming (committed when the group is full)."""

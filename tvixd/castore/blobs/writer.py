@@ -190,7 +190,15 @@ class WriterProcess:
         return kind, value
 
     def _gone(self, exc: OSError | None) -> NoReturn:
-        """The writer closed its socket (it exits then) or it cannot be reached."""
+        """The writer closed its socket (it exits then) or it cannot be reached.
+
+        Its last words come first: a writer that failed sent an ``E`` before it
+        exited, which a send that was blocked when it exited has not read yet.
+        """
+        with contextlib.suppress(OSError):
+            while message := self._sock.recv(_REPLY_MAX, socket.MSG_DONTWAIT):
+                if message[:1] == b"E":
+                    self._fail(message[1:].decode(errors="replace"))
         try:
             code: int | None = self._process.wait(timeout=GONE_WAIT)
         except subprocess.TimeoutExpired:
