@@ -34,12 +34,19 @@ WRITER_MODULE = "tvixd.castore.blobs.writer"
 
 
 def is_writer(pid: int | None) -> bool:
-    """Whether ``pid`` is a live writer process."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return WRITER_MODULE.encode() in f.read().split(b"\0")
-    except FileNotFoundError:
-        return False
+    """Whether ``pid`` is a live writer process (waiting out the end of its ``exec``:
+    ``Popen`` returns when the close-on-exec pipe closes, before the new command line
+    is in place)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except FileNotFoundError:
+            return False
+        if argv != [b""] or time.monotonic() > deadline:
+            return WRITER_MODULE.encode() in argv
+        time.sleep(0.001)
 
 
 def open_store(root: Path) -> ObjectStoreBlobService:
@@ -51,10 +58,58 @@ def blobs(count: int, seed: int) -> list[bytes]:
     return [rng.randbytes(rng.choice([0, 1, 100, 4096, 5000, 70_000])) for _ in range(count)]
 
 
+def assert_stored(store: ObjectStoreBlobService, data: list[bytes]) -> None:
+    """Every blob of ``data`` is stored under its digest with exactly its contents."""
+    for d in data:
+        assert store.path(blake3.blake3(d).digest()).read_bytes() == d
+
+
+def put_all_and_flush(sink: ObjectStoreSink, data: list[bytes]) -> None:
+    for d in data:
+        sink.put(d)
+    sink.flush()
+
+
+HELLO = b"H" + struct.pack("<I", writer.PROTOCOL)
+WAIT_READY = """
+import time
+from tvixd.castore.blobs import writer
+
+start = writer.WriterProcess.__init__
+
+
+def started_and_ready(self, *args):
+    start(self, *args)
+    deadline = time.monotonic() + 30
+    while not self.ready() and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+writer.WriterProcess.__init__ = started_and_ready
+"""
+
+
+def wait_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a started writer take blobs at once (a sink goes on writing itself until
+    the writer said hello, ~0.1 s: a short test would be over by then)."""
+    start = writer.WriterProcess.__init__
+
+    def started_and_ready(self: writer.WriterProcess, root: str, durability: str) -> None:
+        start(self, root, durability)
+        deadline = time.monotonic() + 30
+        while not self.ready():
+            assert time.monotonic() < deadline, "the writer did not say hello"
+            time.sleep(0.002)
+
+    monkeypatch.setattr(writer.WriterProcess, "__init__", started_and_ready)
+
+
 @pytest.fixture
 def few(monkeypatch: pytest.MonkeyPatch) -> int:
-    """A writer process after this many small blobs (instead of START_AFTER)."""
+    """A writer process after this many small blobs (instead of START_AFTER), taking
+    blobs as soon as it is started."""
     monkeypatch.setattr(writer, "START_AFTER", 8)
+    wait_ready(monkeypatch)
     return 8
 
 
@@ -70,6 +125,7 @@ def test_blobs_past_the_threshold_are_written_by_the_writer(
         digests = [sink.put(d) for d in data]
         pid = sink.writer_pid
         assert is_writer(pid)
+        assert sink.writer_ready
         sink.flush()
         unique = {bytes(d): d for d in digests}
         assert sink.blobs_written == len(unique)
@@ -108,11 +164,77 @@ def test_the_writer_starts_after_start_after_new_small_blobs(tmp_path: Path) -> 
         assert sink.writer_pid is None
         sink.put(data[-1])
         assert is_writer(sink.writer_pid)
+        # the sink goes on writing itself until the writer said hello, then hands it blobs
+        deadline = time.monotonic() + 30
+        while not sink.writer_ready:
+            assert time.monotonic() < deadline, "the writer was never used"
+            data.append(rng.randbytes(100))
+            sink.put(data[-1])
+            time.sleep(0.001)
+        data += [rng.randbytes(100) for _ in range(50)]
+        for d in data[-50:]:
+            sink.put(d)
         sink.flush()
     finally:
         sink.close()
         anyio.run(store.close)
-    assert all(store.path(blake3.blake3(d).digest()).read_bytes() == d for d in data)
+    assert_stored(store, data)
+
+
+@pytest.mark.parametrize("how", ["killed", "no interpreter"])
+def test_a_writer_that_never_says_hello_is_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    monkeypatch.setattr(writer, "START_AFTER", 8)
+    if how == "no interpreter":
+        monkeypatch.setattr(sys, "executable", "/bin/false")
+    store = open_store(tmp_path / "blobs")
+    sink = ObjectStoreSink(store)
+    rng = random.Random(9)
+    data = [rng.randbytes(300) for _ in range(300)]
+    try:
+        for d in data[:9]:
+            sink.put(d)
+        pid = sink.writer_pid
+        assert pid is not None
+        if how == "killed":
+            os.kill(pid, signal.SIGKILL)  # long before it could import anything
+        for d in data[9:]:
+            sink.put(d)
+            time.sleep(0.001)
+        assert sink.writer_pid is None
+        sink.flush()
+    finally:
+        sink.close()
+        anyio.run(store.close)
+    assert_stored(store, data)
+    status = "-9" if how == "killed" else "1"
+    assert (
+        f"blob writer process failed to start (the blob writer process exited (status {status})"
+        in (caplog.text)
+    )
+
+
+def test_a_small_ring_wraps_and_large_blobs_stay_here(
+    tmp_path: Path, few: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "RING_BYTES", 256 << 10)  # blobs over 64 KiB: written here
+    store = open_store(tmp_path / "blobs")
+    sink = ObjectStoreSink(store, "fsync")
+    rng = random.Random(10)
+    data = [rng.randbytes(rng.randrange(0, 100_000)) for _ in range(600)]
+    try:
+        for i, d in enumerate(data):
+            sink.put(d)
+            if i % 200 == 199:
+                sink.flush()
+        assert sink.writer_ready
+        sink.flush()
+    finally:
+        sink.close()
+        anyio.run(store.close)
+    assert_stored(store, data)
+    assert len(blob_files(tmp_path / "blobs")) == len({bytes(d) for d in data})
 
 
 def test_a_killed_writer_fails_the_sink(tmp_path: Path, few: int) -> None:
@@ -125,14 +247,8 @@ def test_a_killed_writer_fails_the_sink(tmp_path: Path, few: int) -> None:
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         more = blobs(3000, seed=5)  # more than the ring holds: the sink must wait for the writer
-
-        def put_more() -> None:
-            for d in more:
-                sink.put(d)
-            sink.flush()
-
         with pytest.raises(StorageError, match=r"blob writer process exited \(status -9\)"):
-            put_more()
+            put_all_and_flush(sink, more)
         with pytest.raises(StorageError, match="blob writer process exited"):
             sink.flush()  # stays failed
     finally:
@@ -143,7 +259,9 @@ def test_a_killed_writer_fails_the_sink(tmp_path: Path, few: int) -> None:
 
 def test_the_writer_exits_when_its_sink_is_gone(tmp_path: Path) -> None:
     """SIGKILL the sink's process: its writer sees the socket close and exits."""
-    script = """
+    script = (
+        WAIT_READY
+        + """
 import random, sys, anyio
 from pathlib import Path
 from tvixd.castore.blobs import writer
@@ -162,6 +280,7 @@ for _ in range(2000):
 print("put", flush=True)
 sys.stdin.read()
 """
+    )
     root = tmp_path / "blobs"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     with subprocess.Popen(
@@ -219,6 +338,7 @@ class RawWriter:
         )
         theirs.close()
         self.sock.settimeout(30)
+        assert self.sock.recv(4096) == HELLO
 
     def write(self, position: int, data: bytes, digest: bytes | None = None) -> bytes:
         start = position % writer.RING_BYTES
@@ -259,7 +379,7 @@ def test_the_writer_refuses_bad_messages_and_names_nothing(
         assert error in replies[-1], replies
         assert replies[:-1] in ([], [b"R" + struct.pack("<Q", 29)]), replies
     finally:
-        assert raw.close() == 0
+        assert raw.close() == 1  # a failure
     assert blob_files(tmp_path / "blobs") == []
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
 
@@ -326,7 +446,7 @@ def test_a_writer_that_cannot_start_leaves_the_sink_writing(
     finally:
         sink.close()
         anyio.run(store.close)
-    assert all(store.path(blake3.blake3(d).digest()).read_bytes() == d for d in data)
+    assert_stored(store, data)
 
 
 def test_a_failure_in_the_writer_is_raised_with_its_own_message(tmp_path: Path, few: int) -> None:
@@ -341,14 +461,8 @@ def test_a_failure_in_the_writer_is_raised_with_its_own_message(tmp_path: Path, 
         assert stored == few + 20
         (tmp_path / "blobs" / "tmp").rmdir()  # empty: temp files there have no names
         more = [rng.randbytes(20_000) for _ in range(3000)]  # more than the ring holds
-
-        def put_more() -> None:
-            for d in more:
-                sink.put(d)
-            sink.flush()
-
         with pytest.raises(StorageError, match=r"cannot create a temp file in .*blobs/tmp"):
-            put_more()
+            put_all_and_flush(sink, more)
     finally:
         sink.close()
         anyio.run(store.close)

@@ -33,6 +33,7 @@ from tests.store.bridge_fixtures import (
 WRITER = """
 import os
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -55,7 +56,16 @@ async def main(state: str, trees: list[str]) -> None:
         print(info.store_path, flush=True)
 
 
-writer.START_AFTER = int(os.environ.get("TEST_WRITER_START_AFTER", writer.START_AFTER))
+if "TEST_WRITER_START_AFTER" in os.environ:  # a writer process, taking blobs once started
+    writer.START_AFTER = int(os.environ["TEST_WRITER_START_AFTER"])
+    start = writer.WriterProcess.__init__
+
+    def started_and_ready(self, *args):
+        start(self, *args)
+        while not self.ready():
+            time.sleep(0.002)
+
+    writer.WriterProcess.__init__ = started_and_ready
 anyio.run(main, sys.argv[1], sys.argv[2:])
 """
 

@@ -45,8 +45,8 @@ never synced.  At most
 :data:`GROUPS_IN_FLIGHT` groups are committing at a time (open temp files
 are bounded by that and the open-file limit).
 
-Past :data:`~tvixd.castore.blobs.writer.START_AFTER` small blobs, new small
-blobs go to a writer *process* instead of the creator threads (hashed here,
+Past :data:`~tvixd.castore.blobs.writer.START_AFTER` new small blobs, new small
+blobs go to a writer *process* (once it is ready) instead of the creator threads (hashed here,
 copied into a shared ring, created, written, grouped and named there by this
 same class, with its own GIL); see :mod:`tvixd.castore.blobs.writer`.
 :meth:`ObjectStoreSink.flush` waits for its groups as well.
@@ -58,6 +58,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import logging
 import mmap
 import os
 import resource
@@ -71,7 +72,7 @@ import blake3
 from clients.castore.model import B3Digest
 from clients.errors import StorageError
 from clients.store.sink import Buffer, LargeBlobWriter
-from tvixd.castore.blobs import writer
+from tvixd.castore.blobs import writer as blob_writer
 from tvixd.castore.blobs.objectstore import (
     DIR_FLAGS,
     ObjectStoreBlobService,
@@ -99,6 +100,7 @@ CREATE_BATCH, CREATE_BATCH_BYTES, CREATES_QUEUED = 64, 1 << 20, 4
 #: held to ~220000 (~35 MiB), reached with stores of ~220000 blobs.
 LIST_MAX = 64 << 10
 _ALIGN = 4096
+log = logging.getLogger(__name__)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
@@ -327,7 +329,8 @@ class ObjectStoreSink:
         """Open it on a worker thread (this does I/O); ``durability``: ``syncfs`` or ``fsync``.
 
         ``writer_process``: start a :mod:`~tvixd.castore.blobs.writer` process for the small
-        blobs once this sink has stored :data:`~tvixd.castore.blobs.writer.START_AFTER` itself.
+        blobs once this sink has stored :data:`~tvixd.castore.blobs.writer.START_AFTER` itself
+        (it writes them itself until the writer is ready, and for good when none can run).
         ``drop_cache``: drop the pages of every committed group from the page cache (the
         writer process asks for it: it only runs for large ingests).
         """
@@ -363,7 +366,8 @@ class ObjectStoreSink:
         self._blobs = self._bytes = 0
         self._durability = durability
         self._small = 0  # small blobs this sink wrote itself
-        self._writer: writer.WriterProcess | None = None
+        self._writer: blob_writer.WriterProcess | None = None  # said hello: takes small blobs
+        self._starting: blob_writer.WriterProcess | None = None  # started, no hello yet
         self._writer_wanted = writer_process
         self._drop_cache = drop_cache
 
@@ -377,8 +381,14 @@ class ObjectStoreSink:
 
     @property
     def writer_pid(self) -> int | None:
-        """The pid of this sink's writer process, while it has one."""
-        return None if self._writer is None else self._writer.pid
+        """The pid of this sink's writer process (also while it starts), if it has one."""
+        process = self._writer or self._starting
+        return None if process is None else process.pid
+
+    @property
+    def writer_ready(self) -> bool:
+        """Whether new small blobs go to the writer process now."""
+        return self._writer is not None
 
     def has(self, digest: bytes) -> bool:
         if digest in self._known:
@@ -425,7 +435,7 @@ class ObjectStoreSink:
         if self._present(name, digest):
             return B3Digest(digest)
         self.accept(digest, len(data))
-        if self._writer is not None or self._start_writer():
+        if (self._writer is not None or self._writer_now()) and len(data) <= blob_writer.max_blob():
             assert self._writer is not None
             self._writer.put(data, digest)
             return B3Digest(digest)
@@ -436,14 +446,27 @@ class ObjectStoreSink:
             self._hand_over()
         return B3Digest(digest)
 
-    def _start_writer(self) -> bool:
-        if not self._writer_wanted or self._small < writer.START_AFTER:
+    def _writer_now(self) -> bool:
+        """Whether a writer takes small blobs from now on: one is started once this sink
+        wrote ``START_AFTER`` itself, and used once it said hello; one that cannot start
+        or never says hello is given up (logged), and this sink goes on writing itself."""
+        if self._starting is None:
+            if self._writer_wanted and self._small >= blob_writer.START_AFTER:
+                self._writer_wanted = False  # one try
+                try:
+                    self._starting = blob_writer.WriterProcess(self._root, self._durability)
+                except Exception as exc:  # no memfd, no fds, no interpreter, enough writers
+                    log.warning("blob writer process not started (%s); writing here", exc)
             return False
-        self._writer_wanted = False  # one try
         try:
-            self._writer = writer.WriterProcess(self._root, self._durability)
-        except OSError:
-            return False  # e.g. no memfd, no fds left: this process writes them all
+            if not self._starting.ready():
+                return False
+        except StorageError as exc:
+            log.warning("blob writer process failed to start (%s); writing here", exc)
+            self._starting.close()
+            self._starting = None
+            return False
+        self._writer, self._starting = self._starting, None
         return True
 
     def put_named(self, data: Buffer, name: str) -> None:
@@ -552,9 +575,10 @@ class ObjectStoreSink:
         """Wait for the committing groups; drop the unsubmitted one; release everything."""
         if self._root_fd < 0:
             return
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        for process in (self._writer, self._starting):
+            if process is not None:
+                process.close()
+        self._writer = self._starting = None
         while self._creating:  # every temp file handed over ends in the group (closed below)
             with contextlib.suppress(Exception):
                 self._creating.popleft().result()

@@ -4,28 +4,35 @@ A large ingest stores tens of thousands of small blobs, and per blob the
 sink's threads make four system calls (create an anonymous temp file, write,
 ``linkat``, close).  Each call hands the GIL over between the ingest's six
 threads — on two cores those hand-overs cost about as much CPU as the calls
-themselves.  So once a sink has stored :data:`START_AFTER` small blobs
-itself, it starts this process (``python -m tvixd.castore.blobs.writer``),
-whose own interpreter does the file system work with its own GIL, while the
-ingest's threads go on walking, hashing and copying.
+themselves.  So once a sink has stored :data:`START_AFTER` new small blobs
+itself, it starts this process (``python -P -m tvixd.castore.blobs.writer``,
+in ``/``, in its own process group), whose own interpreter does the file
+system work with its own GIL, while the ingest's threads go on walking,
+hashing and copying.  The sink keeps writing blobs itself until the writer
+has said hello, and for good when the writer cannot start (see
+:class:`ObjectStoreSink`); at most :data:`MAX_WRITERS` writers run at a time
+in one program.
 
 The two share:
 
-* a ring buffer (a ``memfd``, :data:`RING_BYTES`): the sink copies each small
-  blob's bytes in (after hashing them: the sink names every blob itself),
-  from :data:`MEMMOVE_MIN` bytes up with ``ctypes.memmove``, which releases
-  the GIL;
+* a ring buffer (a ``memfd`` of :data:`RING_BYTES`; the writer maps what it
+  is given): the sink copies each small blob's bytes in (after hashing them:
+  the sink names every blob itself), from :data:`MEMMOVE_MIN` bytes up with
+  ``ctypes.memmove``, which releases the GIL;
 * a ``SOCK_SEQPACKET`` socket pair for messages:
 
+  - writer → sink, first: ``H`` + ``<I`` :data:`PROTOCOL` — ready;
   - sink → writer: ``W`` + records ``<QI32s`` (the blob's position in the ring
     as an ever-growing byte count, its size, its blake3 digest) — write these;
     ``F`` + ``<Q`` — flush: reply when every blob sent before is durable and
-    named; end of file — exit (a group not yet committed is dropped: its temp
-    files have no names, so nothing of it remains);
+    named; end of file — exit (a group not yet handed to its committer is
+    dropped: its temp files have no names, so nothing of it remains);
   - writer → sink: ``R`` + ``<Q`` — the ring is consumed up to here (those bytes
-    are written to temp files, their space may be reused); ``D`` + ``<Q`` — this
-    flush is done; ``E`` + text — a failure (nothing of the failing group was
-    named; the writer exits).
+    are written to temp files, their space may be reused; sent when the writer
+    has caught up, and at least every quarter of the ring); ``D`` + ``<Q`` —
+    this flush is done; ``E`` + text — a failure, after which the writer exits
+    with status 1 (a name of the failing group is given only once the group's
+    contents are durable, as always).
 
 The writer commits blobs exactly as the in-process sink does (groups made
 durable by ``syncfs`` before any is named, see :mod:`tvixd.castore.blobs.sink`),
@@ -34,14 +41,16 @@ files, and then drops each committed group's pages from the page cache: the
 next groups' writes reuse them (on a VM whose host reclaims free guest
 memory, writing into fresh pages costs several times more).  It trusts the
 digests it is sent: only the sink, in the same program, talks to it.  It
-ignores ``SIGINT`` (a Ctrl-C reaches the whole process group; the program
-that started it decides when its sink closes).
+ignores ``SIGINT``: the program that started it decides when its sink
+closes.  Its standard error goes to a temp file whose end is quoted when it
+fails.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import mmap
 import os
 import signal
@@ -49,6 +58,8 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -56,8 +67,8 @@ from typing import NoReturn
 from clients.castore.model import B3Digest
 from clients.errors import StorageError
 
-#: Small blobs a sink stores itself before it starts a writer (a build output of a few
-#: files never pays for a process start).
+#: New small blobs a sink stores itself before it starts a writer (a build output of a
+#: few files never pays for a process start).
 START_AFTER = 1024
 #: The ring's size: room for a few batches of small blobs (each at most a chunk, 1 MiB).
 RING_BYTES = 32 << 20
@@ -65,12 +76,25 @@ RING_BYTES = 32 << 20
 MEMMOVE_MIN = 16 << 10
 #: Records per ``W`` message at most, and bytes.
 BATCH_RECORDS, BATCH_BYTES = 64, 1 << 20
+#: Writer processes running at a time in this program at most (a sink beyond it writes itself).
+MAX_WRITERS = 4
 #: Seconds to wait for the exit status of a writer that closed its socket.
 GONE_WAIT = 10
+#: The message format; a writer that says another one (an upgrade under a running
+#: program) is not used.
+PROTOCOL = 1
 _RECORD = struct.Struct("<QI32s")
 _POSITION = struct.Struct("<Q")
+_HELLO = b"H" + struct.pack("<I", PROTOCOL)
 _MESSAGE_MAX = 1 + BATCH_RECORDS * _RECORD.size
 _REPLY_MAX = 4096  # an ``E`` message's text is cut there
+_STDERR_QUOTED = 1000  # bytes of a failed writer's standard error quoted in the error
+_slots = threading.BoundedSemaphore(MAX_WRITERS)
+
+
+def max_blob() -> int:
+    """The largest blob a writer takes (a quarter of the ring)."""
+    return RING_BYTES // 4
 
 
 def records(body: bytes) -> Iterator[tuple[int, int, bytes]]:
@@ -84,28 +108,43 @@ class WriterProcess:
     """The sink's side: start the writer, pass it blobs, flush, close (one thread at a time)."""
 
     def __init__(self, root: str, durability: str) -> None:
-        """Start a writer for the objectstore at ``root``; raises OSError when it cannot."""
+        """Start a writer for the objectstore at ``root`` (it is ready once :meth:`ready`).
+
+        Raises OSError (or another ``Exception``: no ``memfd_create``, no
+        ``sys.executable``) when it cannot be started, also when
+        :data:`MAX_WRITERS` are running.
+        """
         with contextlib.ExitStack() as undo:  # closes what was opened when a step fails
+            if not _slots.acquire(blocking=False):
+                raise OSError(errno.EAGAIN, f"{MAX_WRITERS} blob writer processes are running")
+            undo.callback(_slots.release)
             self._ring_fd = os.memfd_create("tvixd-blob-ring", os.MFD_CLOEXEC)
             undo.callback(os.close, self._ring_fd)
-            os.ftruncate(self._ring_fd, RING_BYTES)
-            self._ring = mmap.mmap(self._ring_fd, RING_BYTES)
+            self._ring_bytes = RING_BYTES
+            os.ftruncate(self._ring_fd, self._ring_bytes)
+            self._ring = mmap.mmap(self._ring_fd, self._ring_bytes)
             undo.callback(self._ring.close)
             # an exported buffer keeps the mapping from closing: dropped first
-            self._ring_array = (ctypes.c_char * RING_BYTES).from_buffer(self._ring)
+            self._ring_array = (ctypes.c_char * self._ring_bytes).from_buffer(self._ring)
             undo.callback(self._drop_array)
             self._ring_address = ctypes.addressof(self._ring_array)
+            self._stderr = undo.enter_context(tempfile.TemporaryFile(prefix="tvixd-writer-"))
             self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             undo.callback(self._sock.close)
             with theirs:
                 argv = [root, durability, str(self._ring_fd), str(theirs.fileno())]
                 self._process = subprocess.Popen(
-                    [sys.executable, "-m", "tvixd.castore.blobs.writer", *argv],
+                    [sys.executable, "-P", "-m", "tvixd.castore.blobs.writer", *argv],
                     pass_fds=(self._ring_fd, theirs.fileno()),
                     stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=self._stderr,
+                    cwd="/",
                     env=_child_env(),
+                    process_group=0,  # a Ctrl-C to our process group is not for it
                 )
             self._undo = undo.pop_all()
+        self._ready = False
         self._head = 0  # bytes of the ring handed out (positions only grow)
         self._tail = 0  # bytes the writer has consumed
         self._batch: list[bytes] = []
@@ -121,11 +160,25 @@ class WriterProcess:
         """The writer's process id."""
         return self._process.pid
 
+    def ready(self) -> bool:
+        """Whether the writer said hello (does not wait); raises StorageError when it never will."""
+        if not self._ready:
+            message = self._message(block=False)
+            if message is None:
+                return False
+            if message != _HELLO:
+                self._fail(f"the blob writer process answered {message[:16]!r}, not hello")
+            self._ready = True
+        return True
+
     def put(self, data: bytes | bytearray | memoryview, digest: bytes) -> None:
-        """Hand a new blob (``digest`` its blake3) to the writer; raises an earlier failure."""
+        """Hand a new blob (``digest`` its blake3, at most :func:`max_blob` bytes) to the
+        ready writer; raises an earlier failure."""
         size = len(data)
+        if not self._ready or size > self._ring_bytes // 4:
+            raise ValueError(f"a blob of {size} bytes for a writer (ready: {self._ready})")
         position = self._reserve(size)
-        start = position % RING_BYTES
+        start = position % self._ring_bytes
         if size >= MEMMOVE_MIN and isinstance(data, bytes):
             ctypes.memmove(self._ring_address + start, data, size)  # without the GIL
         else:
@@ -137,12 +190,11 @@ class WriterProcess:
 
     def _reserve(self, size: int) -> int:
         """The position of ``size`` contiguous bytes of ring space, waiting for the writer."""
-        if size > RING_BYTES // 4:
-            raise ValueError(f"a blob of {size} bytes is too large for the writer's ring")
+        ring = self._ring_bytes
         position = self._head
-        if position % RING_BYTES + size > RING_BYTES:  # no wrapping inside a blob
-            position += RING_BYTES - position % RING_BYTES
-        while position + size - self._tail > RING_BYTES:
+        if position % ring + size > ring:  # no wrapping inside a blob
+            position += ring - position % ring
+        while position + size - self._tail > ring:
             self._send_batch()  # the writer cannot free what it was not sent
             self._receive()
         self._head = position + size
@@ -170,6 +222,20 @@ class WriterProcess:
     def _receive(self, *, block: bool = True) -> tuple[bytes, int] | None:
         """One message from the writer (``R`` ones are applied here), or None when
         there is none and not ``block``; raises the writer's failure."""
+        message = self._message(block=block)
+        if message is None:
+            return None
+        kind, body = message[:1], message[1:]
+        if kind not in (b"R", b"D") or len(body) != _POSITION.size:
+            self._fail(f"the blob writer process sent a malformed message {message[:16]!r}")
+        (value,) = _POSITION.unpack(body)
+        if kind == b"R":
+            self._tail = max(self._tail, value)
+        return kind, value
+
+    def _message(self, *, block: bool) -> bytes | None:
+        """The writer's next message (None: none yet, not ``block``); raises its failure
+        (``E``, or its end) and an earlier one."""
         self._check()
         try:
             message = self._sock.recv(_REPLY_MAX, 0 if block else socket.MSG_DONTWAIT)
@@ -179,33 +245,44 @@ class WriterProcess:
             self._gone(exc)
         if not message:
             self._gone(None)
-        kind, body = message[:1], message[1:]
-        if kind == b"E":
-            self._fail(body.decode(errors="replace"))
-        if kind not in (b"R", b"D") or len(body) != _POSITION.size:
-            self._fail(f"the blob writer process sent a malformed message {message[:16]!r}")
-        (value,) = _POSITION.unpack(body)
-        if kind == b"R":
-            self._tail = max(self._tail, value)
-        return kind, value
+        if message[:1] == b"E":
+            self._fail(message[1:].decode(errors="replace"))
+        return message
 
     def _gone(self, exc: OSError | None) -> NoReturn:
         """The writer closed its socket (it exits then) or it cannot be reached.
 
         Its last words come first: a writer that failed sent an ``E`` before it
-        exited, which a send that was blocked when it exited has not read yet.
+        exited, which a send that was blocked when it exited has not read yet
+        (a reset may be reported before the messages queued: read on once).
         """
-        with contextlib.suppress(OSError):
-            while message := self._sock.recv(_REPLY_MAX, socket.MSG_DONTWAIT):
-                if message[:1] == b"E":
-                    self._fail(message[1:].decode(errors="replace"))
+        for _ in range(2):
+            try:
+                while message := self._sock.recv(_REPLY_MAX, socket.MSG_DONTWAIT):
+                    if message[:1] == b"E":
+                        self._fail(message[1:].decode(errors="replace"))
+                break
+            except ConnectionResetError:
+                continue
+            except OSError:
+                break
         try:
             code: int | None = self._process.wait(timeout=GONE_WAIT)
         except subprocess.TimeoutExpired:
             code = None
         if code is None:
             self._fail(f"cannot reach the blob writer process: {exc or 'it closed its socket'}")
-        self._fail(f"the blob writer process exited (status {code}) before finishing")
+        self._fail(f"the blob writer process exited (status {code}) before finishing{self._said()}")
+
+    def _said(self) -> str:
+        """The end of the writer's standard error, quoted (empty when it wrote nothing)."""
+        try:
+            size = os.fstat(self._stderr.fileno()).st_size
+            said = os.pread(self._stderr.fileno(), _STDERR_QUOTED, max(0, size - _STDERR_QUOTED))
+        except OSError:
+            return ""
+        text = said.decode(errors="replace").strip()
+        return f"; it said: {text}" if text else ""
 
     def _check(self) -> None:
         if self._failure is not None:
@@ -217,6 +294,8 @@ class WriterProcess:
 
     def flush(self) -> None:
         """Block until every blob put so far is durable and named; raise a failure."""
+        if not self._ready:
+            return  # nothing was put
         self._send_batch()
         self._flushes += 1
         self._send(b"F" + _POSITION.pack(self._flushes))
@@ -245,7 +324,8 @@ def _child_env() -> dict[str, str]:
 # -- the writer process
 
 
-def _serve(root: str, durability: str, ring_fd: int, sock: socket.socket) -> None:
+def _serve(root: str, durability: str, ring_fd: int, sock: socket.socket) -> bool:
+    """Write what the sink sends until it closes; False after a failure (reported with ``E``)."""
     from tvixd.castore.blobs.objectstore import ObjectStoreBlobService
     from tvixd.castore.blobs.sink import ObjectStoreSink
 
@@ -255,32 +335,42 @@ def _serve(root: str, durability: str, ring_fd: int, sock: socket.socket) -> Non
         sink = ObjectStoreSink(store, durability, writer_process=False, drop_cache=True)
     except OSError as exc:
         sock.sendall(b"E" + f"cannot open blob store at {root}: {exc}".encode()[: _REPLY_MAX - 1])
-        return
-    ring = mmap.mmap(ring_fd, RING_BYTES)
+        return False
+    try:
+        ring_bytes = os.fstat(ring_fd).st_size
+        ring = mmap.mmap(ring_fd, ring_bytes)
+    except (OSError, ValueError) as exc:
+        sink.close()
+        sock.sendall(b"E" + f"cannot map the blob ring: {exc}".encode()[: _REPLY_MAX - 1])
+        return False
     view = memoryview(ring)
     try:
+        sock.sendall(_HELLO)
         flags = 0  # block for the first message, then take what is there before answering
         consumed = reported = 0
         while True:
             try:
                 message = sock.recv(_MESSAGE_MAX, flags)
-            except BlockingIOError:
+            except BlockingIOError:  # caught up: say how far
                 if consumed > reported:
                     sock.sendall(b"R" + _POSITION.pack(consumed))
                     reported = consumed
                 flags = 0
                 continue
             if not message:
-                break  # the sink closed: what was not flushed is dropped
+                return True  # the sink closed: what was not flushed is dropped
             flags = socket.MSG_DONTWAIT
             kind, body = message[:1], message[1:]
             if kind == b"W":
                 for position, size, digest in records(body):
-                    start = position % RING_BYTES
-                    if size > RING_BYTES - start or position < consumed:
+                    start = position % ring_bytes
+                    if size > ring_bytes - start or position < consumed:
                         raise StorageError(f"a blob record outside the ring: {position}+{size}")
                     sink.put_named(view[start : start + size], B3Digest(digest).hex())
                     consumed = position + size
+                if consumed - reported >= ring_bytes // 4:  # the sink may be waiting for room
+                    sock.sendall(b"R" + _POSITION.pack(consumed))
+                    reported = consumed
             elif kind == b"F" and len(body) == _POSITION.size:
                 if consumed > reported:
                     sock.sendall(b"R" + _POSITION.pack(consumed))
@@ -292,6 +382,7 @@ def _serve(root: str, durability: str, ring_fd: int, sock: socket.socket) -> Non
     except (StorageError, ValueError) as exc:
         with contextlib.suppress(OSError):
             sock.sendall(b"E" + str(exc).encode()[: _REPLY_MAX - 1])
+        return False
     finally:
         sink.close()
         view.release()
@@ -299,17 +390,15 @@ def _serve(root: str, durability: str, ring_fd: int, sock: socket.socket) -> Non
 
 
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sink decides when we end
     root, durability, ring_fd, sock_fd = argv
-    # a Ctrl-C meant for the program that started us: it closes its sink (our end of file)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sock_fd))
     try:
-        _serve(root, durability, int(ring_fd), sock)
+        return 0 if _serve(root, durability, int(ring_fd), sock) else 1
     except (BrokenPipeError, ConnectionResetError):
         return 1  # the sink is gone
     finally:
         sock.close()
-    return 0
 
 
 if __name__ == "__main__":
