@@ -468,3 +468,29 @@ def test_a_failure_in_the_writer_is_raised_with_its_own_message(tmp_path: Path, 
         anyio.run(store.close)
     assert len(blob_files(tmp_path / "blobs")) == stored
     assert corrupt_blobs(tmp_path / "blobs") == []
+
+
+def test_at_most_max_writers_run_and_a_closed_one_frees_its_place(
+    tmp_path: Path, few: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    stores = [open_store(tmp_path / f"blobs{i}") for i in range(writer.MAX_WRITERS + 2)]
+    sinks = [ObjectStoreSink(store) for store in stores]
+    data = [blobs(few + 30, seed=20 + i) for i in range(len(sinks))]
+    try:
+        for sink, d in zip(sinks[:-1], data[:-1], strict=True):
+            put_all_and_flush(sink, d)
+        pids = [sink.writer_pid for sink in sinks[:-1]]
+        assert all(is_writer(pid) for pid in pids[:-1])
+        assert pids[-1] is None  # one too many: that sink wrote everything itself
+        assert "blob writer processes are running" in caplog.text
+        sinks[0].close()  # its writer exits and gives its place up
+        assert not is_writer(pids[0])
+        put_all_and_flush(sinks[-1], data[-1])
+        assert is_writer(sinks[-1].writer_pid)
+    finally:
+        for sink in sinks:
+            sink.close()
+        for store in stores:
+            anyio.run(store.close)
+    for store, d in zip(stores, data, strict=True):
+        assert_stored(store, d)
