@@ -9,6 +9,7 @@ never leaves a blob under a wrong name; a writer whose sink goes away exits.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import random
@@ -18,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -51,6 +53,23 @@ def is_writer(pid: int | None) -> bool:
 
 def open_store(root: Path) -> ObjectStoreBlobService:
     return anyio.run(ObjectStoreBlobService.open, root)
+
+
+@contextlib.contextmanager
+def sink_on(
+    root: Path, durability: str = "syncfs"
+) -> Iterator[tuple[ObjectStoreBlobService, ObjectStoreSink]]:
+    """A store at ``root`` and a sink on it, both closed at the end (the store's
+    files stay readable through ``store.path``)."""
+    store = open_store(root)
+    try:
+        sink = ObjectStoreSink(store, durability)
+        try:
+            yield store, sink
+        finally:
+            sink.close()
+    finally:
+        anyio.run(store.close)
 
 
 def blobs(count: int, seed: int) -> list[bytes]:
@@ -117,11 +136,9 @@ def few(monkeypatch: pytest.MonkeyPatch) -> int:
 def test_blobs_past_the_threshold_are_written_by_the_writer(
     tmp_path: Path, few: int, durability: str
 ) -> None:
-    store = open_store(tmp_path / "blobs")
-    sink = ObjectStoreSink(store, durability)
     data = blobs(300, seed=1)
     data += data[:20]  # present ones are skipped, also those the writer holds
-    try:
+    with sink_on(tmp_path / "blobs", durability) as (store, sink):
         digests = [sink.put(d) for d in data]
         pid = sink.writer_pid
         assert is_writer(pid)
@@ -144,19 +161,14 @@ def test_blobs_past_the_threshold_are_written_by_the_writer(
         sink.flush()
         assert all(store.path(blake3.blake3(d).digest()).read_bytes() == d for d in more)
         assert sink.writer_pid == pid
-    finally:
-        sink.close()
-        anyio.run(store.close)
     assert not is_writer(pid)  # close waits for it
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
 
 
 def test_the_writer_starts_after_start_after_new_small_blobs(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "blobs")
-    sink = ObjectStoreSink(store)
     rng = random.Random(3)
     data = [rng.randbytes(100) for _ in range(writer.START_AFTER + 1)]
-    try:
+    with sink_on(tmp_path / "blobs") as (store, sink):
         for d in data[:-1]:
             sink.put(d)
         for d in data[:10]:
@@ -175,9 +187,6 @@ def test_the_writer_starts_after_start_after_new_small_blobs(tmp_path: Path) -> 
         for d in data[-50:]:
             sink.put(d)
         sink.flush()
-    finally:
-        sink.close()
-        anyio.run(store.close)
     assert_stored(store, data)
 
 
@@ -188,11 +197,9 @@ def test_a_writer_that_never_says_hello_is_given_up(
     monkeypatch.setattr(writer, "START_AFTER", 8)
     if how == "no interpreter":
         monkeypatch.setattr(sys, "executable", "/bin/false")
-    store = open_store(tmp_path / "blobs")
-    sink = ObjectStoreSink(store)
     rng = random.Random(9)
     data = [rng.randbytes(300) for _ in range(300)]
-    try:
+    with sink_on(tmp_path / "blobs") as (store, sink):
         for d in data[:9]:
             sink.put(d)
         pid = sink.writer_pid
@@ -204,9 +211,6 @@ def test_a_writer_that_never_says_hello_is_given_up(
             time.sleep(0.001)
         assert sink.writer_pid is None
         sink.flush()
-    finally:
-        sink.close()
-        anyio.run(store.close)
     assert_stored(store, data)
     status = "-9" if how == "killed" else "1"
     assert (
@@ -219,28 +223,21 @@ def test_a_small_ring_wraps_and_large_blobs_stay_here(
     tmp_path: Path, few: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(writer, "RING_BYTES", 256 << 10)  # blobs over 64 KiB: written here
-    store = open_store(tmp_path / "blobs")
-    sink = ObjectStoreSink(store, "fsync")
     rng = random.Random(10)
     data = [rng.randbytes(rng.randrange(0, 100_000)) for _ in range(600)]
-    try:
+    with sink_on(tmp_path / "blobs", "fsync") as (store, sink):
         for i, d in enumerate(data):
             sink.put(d)
             if i % 200 == 199:
                 sink.flush()
         assert sink.writer_ready
         sink.flush()
-    finally:
-        sink.close()
-        anyio.run(store.close)
     assert_stored(store, data)
     assert len(blob_files(tmp_path / "blobs")) == len({bytes(d) for d in data})
 
 
 def test_a_killed_writer_fails_the_sink(tmp_path: Path, few: int) -> None:
-    store = open_store(tmp_path / "blobs")
-    sink = ObjectStoreSink(store)
-    try:
+    with sink_on(tmp_path / "blobs") as (_, sink):
         for d in blobs(few + 50, seed=4):
             sink.put(d)
         pid = sink.writer_pid
@@ -251,9 +248,6 @@ def test_a_killed_writer_fails_the_sink(tmp_path: Path, few: int) -> None:
             put_all_and_flush(sink, more)
         with pytest.raises(StorageError, match="blob writer process exited"):
             sink.flush()  # stays failed
-    finally:
-        sink.close()
-        anyio.run(store.close)
     assert corrupt_blobs(tmp_path / "blobs") == []
 
 
@@ -435,25 +429,18 @@ def test_a_writer_that_cannot_start_leaves_the_sink_writing(
     tmp_path: Path, few: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(writer, "RING_BYTES", 1 << 62)  # no memfd can be that large
-    store = open_store(tmp_path / "blobs")
-    sink = ObjectStoreSink(store)
     data = blobs(100, seed=7)
-    try:
+    with sink_on(tmp_path / "blobs") as (store, sink):
         for d in data:
             sink.put(d)
         assert sink.writer_pid is None
         sink.flush()
-    finally:
-        sink.close()
-        anyio.run(store.close)
     assert_stored(store, data)
 
 
 def test_a_failure_in_the_writer_is_raised_with_its_own_message(tmp_path: Path, few: int) -> None:
-    store = open_store(tmp_path / "blobs")
-    sink = ObjectStoreSink(store)
     rng = random.Random(8)
-    try:
+    with sink_on(tmp_path / "blobs") as (_, sink):
         for _ in range(few + 20):
             sink.put(rng.randbytes(500))
         sink.flush()
@@ -463,9 +450,6 @@ def test_a_failure_in_the_writer_is_raised_with_its_own_message(tmp_path: Path, 
         more = [rng.randbytes(20_000) for _ in range(3000)]  # more than the ring holds
         with pytest.raises(StorageError, match=r"cannot create a temp file in .*blobs/tmp"):
             put_all_and_flush(sink, more)
-    finally:
-        sink.close()
-        anyio.run(store.close)
     assert len(blob_files(tmp_path / "blobs")) == stored
     assert corrupt_blobs(tmp_path / "blobs") == []
 
@@ -473,10 +457,12 @@ def test_a_failure_in_the_writer_is_raised_with_its_own_message(tmp_path: Path, 
 def test_at_most_max_writers_run_and_a_closed_one_frees_its_place(
     tmp_path: Path, few: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stores = [open_store(tmp_path / f"blobs{i}") for i in range(writer.MAX_WRITERS + 2)]
-    sinks = [ObjectStoreSink(store) for store in stores]
-    data = [blobs(few + 30, seed=20 + i) for i in range(len(sinks))]
-    try:
+    count = writer.MAX_WRITERS + 2
+    data = [blobs(few + 30, seed=20 + i) for i in range(count)]
+    with contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(sink_on(tmp_path / f"blobs{i}")) for i in range(count)]
+        stores = [store for store, _ in opened]
+        sinks = [sink for _, sink in opened]
         for sink, d in zip(sinks[:-1], data[:-1], strict=True):
             put_all_and_flush(sink, d)
         pids = [sink.writer_pid for sink in sinks[:-1]]
@@ -487,10 +473,5 @@ def test_at_most_max_writers_run_and_a_closed_one_frees_its_place(
         assert not is_writer(pids[0])
         put_all_and_flush(sinks[-1], data[-1])
         assert is_writer(sinks[-1].writer_pid)
-    finally:
-        for sink in sinks:
-            sink.close()
-        for store in stores:
-            anyio.run(store.close)
     for store, d in zip(stores, data, strict=True):
         assert_stored(store, d)
