@@ -435,10 +435,11 @@ class ObjectStoreSink:
         if self._present(name, digest):
             return B3Digest(digest)
         self.accept(digest, len(data))
-        if (self._writer is not None or self._writer_now()) and len(data) <= blob_writer.max_blob():
+        if self._writer is not None or self._writer_now():
             assert self._writer is not None
-            self._writer.put(data, digest)
-            return B3Digest(digest)
+            if len(data) <= self._writer.max_blob:
+                self._writer.put(data, digest)
+                return B3Digest(digest)
         self._small += 1
         self._batch.append((data if isinstance(data, bytes) else bytes(data), name))
         self._batch_bytes += len(data)

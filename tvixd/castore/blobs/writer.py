@@ -92,11 +92,6 @@ _STDERR_QUOTED = 1000  # bytes of a failed writer's standard error quoted in the
 _slots = threading.BoundedSemaphore(MAX_WRITERS)
 
 
-def max_blob() -> int:
-    """The largest blob a writer takes (a quarter of the ring)."""
-    return RING_BYTES // 4
-
-
 def records(body: bytes) -> Iterator[tuple[int, int, bytes]]:
     """The ``(position, size, digest)`` records of a ``W`` message's body."""
     if len(body) % _RECORD.size:
@@ -160,6 +155,11 @@ class WriterProcess:
         """The writer's process id."""
         return self._process.pid
 
+    @property
+    def max_blob(self) -> int:
+        """The largest blob this writer takes (a quarter of its ring)."""
+        return self._ring_bytes // 4
+
     def ready(self) -> bool:
         """Whether the writer said hello (does not wait); raises StorageError when it never will."""
         if not self._ready:
@@ -172,10 +172,10 @@ class WriterProcess:
         return True
 
     def put(self, data: bytes | bytearray | memoryview, digest: bytes) -> None:
-        """Hand a new blob (``digest`` its blake3, at most :func:`max_blob` bytes) to the
+        """Hand a new blob (``digest`` its blake3, at most :attr:`max_blob` bytes) to the
         ready writer; raises an earlier failure."""
         size = len(data)
-        if not self._ready or size > self._ring_bytes // 4:
+        if not self._ready or size > self.max_blob:
             raise ValueError(f"a blob of {size} bytes for a writer (ready: {self._ready})")
         position = self._reserve(size)
         start = position % self._ring_bytes
@@ -245,9 +245,13 @@ class WriterProcess:
             self._gone(exc)
         if not message:
             self._gone(None)
+        self._raise_reported(message)
+        return message
+
+    def _raise_reported(self, message: bytes) -> None:
+        """Raise the failure an ``E`` message reports."""
         if message[:1] == b"E":
             self._fail(message[1:].decode(errors="replace"))
-        return message
 
     def _gone(self, exc: OSError | None) -> NoReturn:
         """The writer closed its socket (it exits then) or it cannot be reached.
@@ -259,8 +263,7 @@ class WriterProcess:
         for _ in range(2):
             try:
                 while message := self._sock.recv(_REPLY_MAX, socket.MSG_DONTWAIT):
-                    if message[:1] == b"E":
-                        self._fail(message[1:].decode(errors="replace"))
+                    self._raise_reported(message)
                 break
             except ConnectionResetError:
                 continue
@@ -324,6 +327,11 @@ def _child_env() -> dict[str, str]:
 # -- the writer process
 
 
+def _report_failure(sock: socket.socket, text: str) -> None:
+    """Send the sink an ``E`` message (cut to what it reads)."""
+    sock.sendall(b"E" + text.encode()[: _REPLY_MAX - 1])
+
+
 def _serve(root: str, durability: str, ring_fd: int, sock: socket.socket) -> bool:
     """Write what the sink sends until it closes; False after a failure (reported with ``E``)."""
     from tvixd.castore.blobs.objectstore import ObjectStoreBlobService
@@ -334,27 +342,33 @@ def _serve(root: str, durability: str, ring_fd: int, sock: socket.socket) -> boo
         store.prepare()
         sink = ObjectStoreSink(store, durability, writer_process=False, drop_cache=True)
     except OSError as exc:
-        sock.sendall(b"E" + f"cannot open blob store at {root}: {exc}".encode()[: _REPLY_MAX - 1])
+        _report_failure(sock, f"cannot open blob store at {root}: {exc}")
         return False
     try:
         ring_bytes = os.fstat(ring_fd).st_size
         ring = mmap.mmap(ring_fd, ring_bytes)
     except (OSError, ValueError) as exc:
         sink.close()
-        sock.sendall(b"E" + f"cannot map the blob ring: {exc}".encode()[: _REPLY_MAX - 1])
+        _report_failure(sock, f"cannot map the blob ring: {exc}")
         return False
     view = memoryview(ring)
+    consumed = reported = 0
+
+    def report() -> None:
+        """Tell the sink how far the ring is consumed, if further than last told."""
+        nonlocal reported
+        if consumed > reported:
+            sock.sendall(b"R" + _POSITION.pack(consumed))
+            reported = consumed
+
     try:
         sock.sendall(_HELLO)
         flags = 0  # block for the first message, then take what is there before answering
-        consumed = reported = 0
         while True:
             try:
                 message = sock.recv(_MESSAGE_MAX, flags)
             except BlockingIOError:  # caught up: say how far
-                if consumed > reported:
-                    sock.sendall(b"R" + _POSITION.pack(consumed))
-                    reported = consumed
+                report()
                 flags = 0
                 continue
             if not message:
@@ -369,19 +383,16 @@ def _serve(root: str, durability: str, ring_fd: int, sock: socket.socket) -> boo
                     sink.put_named(view[start : start + size], B3Digest(digest).hex())
                     consumed = position + size
                 if consumed - reported >= ring_bytes // 4:  # the sink may be waiting for room
-                    sock.sendall(b"R" + _POSITION.pack(consumed))
-                    reported = consumed
+                    report()
             elif kind == b"F" and len(body) == _POSITION.size:
-                if consumed > reported:
-                    sock.sendall(b"R" + _POSITION.pack(consumed))
-                    reported = consumed
+                report()
                 sink.flush()
                 sock.sendall(b"D" + body)
             else:
                 raise StorageError(f"the blob writer got a malformed message {message[:16]!r}")
     except (StorageError, ValueError) as exc:
         with contextlib.suppress(OSError):
-            sock.sendall(b"E" + str(exc).encode()[: _REPLY_MAX - 1])
+            _report_failure(sock, str(exc))
         return False
     finally:
         sink.close()
