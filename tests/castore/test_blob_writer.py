@@ -27,7 +27,13 @@ import blake3
 import pytest
 
 from clients.errors import StorageError
-from tests.store.bridge_fixtures import blob_files, corrupt_blobs
+from tests.store.bridge_fixtures import (
+    WRITER_READY_AT_START,
+    blob_files,
+    blob_writer_pids,
+    corrupt_blobs,
+    python_env,
+)
 from tvixd.castore.blobs import writer
 from tvixd.castore.blobs.objectstore import ObjectStoreBlobService
 from tvixd.castore.blobs.sink import ObjectStoreSink
@@ -90,22 +96,6 @@ def put_all_and_flush(sink: ObjectStoreSink, data: list[bytes]) -> None:
 
 
 HELLO = b"H" + struct.pack("<I", writer.PROTOCOL)
-WAIT_READY = """
-import time
-from tvixd.castore.blobs import writer
-
-start = writer.WriterProcess.__init__
-
-
-def started_and_ready(self, *args):
-    start(self, *args)
-    deadline = time.monotonic() + 30
-    while not self.ready() and time.monotonic() < deadline:
-        time.sleep(0.002)
-
-
-writer.WriterProcess.__init__ = started_and_ready
-"""
 
 
 def wait_ready(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,7 +244,7 @@ def test_a_killed_writer_fails_the_sink(tmp_path: Path, few: int) -> None:
 def test_the_writer_exits_when_its_sink_is_gone(tmp_path: Path) -> None:
     """SIGKILL the sink's process: its writer sees the socket close and exits."""
     script = (
-        WAIT_READY
+        WRITER_READY_AT_START
         + """
 import random, sys, anyio
 from pathlib import Path
@@ -276,7 +266,7 @@ sys.stdin.read()
 """
     )
     root = tmp_path / "blobs"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env = python_env()
     with subprocess.Popen(
         [sys.executable, "-c", script, str(root)],
         stdin=subprocess.PIPE,
@@ -287,31 +277,17 @@ sys.stdin.read()
         try:
             assert owner.stdout.readline() == b"flushed\n"
             assert owner.stdout.readline() == b"put\n"
-            (child,) = _cmdline_pids(root)
+            (child,) = blob_writer_pids(root)
             owner.kill()
             assert owner.wait(timeout=10) == -signal.SIGKILL
         finally:
             owner.kill()
     deadline = time.monotonic() + 30
-    while child in _cmdline_pids(root):  # gone, or a zombie (no command line)
+    while child in blob_writer_pids(root):  # gone, or a zombie (no command line)
         assert time.monotonic() < deadline, "the writer outlived its sink"
         time.sleep(0.02)
     assert corrupt_blobs(root) == []
     assert len(blob_files(root)) >= 200  # the flushed ones, at least
-
-
-def _cmdline_pids(root: Path) -> set[str]:
-    """Pids of live writer processes for ``root`` (an orphan is nobody's child here)."""
-    found = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if str(root).encode() in argv and WRITER_MODULE.encode() in argv:
-            found.add(pid)
-    return found
 
 
 class RawWriter:
@@ -323,7 +299,7 @@ class RawWriter:
         os.ftruncate(self.ring_fd, writer.RING_BYTES)
         self.ring = mmap.mmap(self.ring_fd, writer.RING_BYTES)
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        env = python_env()
         argv = [str(root), "syncfs", str(self.ring_fd), str(theirs.fileno())]
         self.process = subprocess.Popen(
             [sys.executable, "-m", WRITER_MODULE, *argv],
@@ -398,7 +374,7 @@ def test_a_store_the_writer_cannot_open_is_reported(tmp_path: Path) -> None:
     # a writer pointed at a path below a regular file cannot create its directories
     ring_fd = os.memfd_create("test-ring")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env = python_env()
     fds = [str(ring_fd), str(theirs.fileno())]
     process = subprocess.Popen(
         [sys.executable, "-m", WRITER_MODULE, str(tmp_path / "file" / "x"), "syncfs", *fds],

@@ -133,6 +133,41 @@ def corrupt_blobs(root: Path) -> list[Path]:
     ]
 
 
+#: Script text for a Python subprocess: a blob writer process it starts takes blobs at once
+#: (a sink goes on writing itself until its writer said hello, ~0.1 s; a short test would
+#: be over by then).
+WRITER_READY_AT_START = """
+import time
+from tvixd.castore.blobs import writer
+
+start = writer.WriterProcess.__init__
+
+
+def started_and_ready(self, *args):
+    start(self, *args)
+    deadline = time.monotonic() + 30
+    while not self.ready() and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+writer.WriterProcess.__init__ = started_and_ready
+"""
+
+
+def blob_writer_pids(root: Path) -> set[str]:
+    """Pids of live blob writer processes (``tvixd.castore.blobs.writer``) for the
+    objectstore at ``root`` (an orphaned one included; a zombie has no command line)."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"tvixd.castore.blobs.writer" in argv and str(root).encode() in argv:
+            found.add(pid)
+    return found
+
+
 def python_env() -> dict[str, str]:
     """The environment for Python subprocesses: the checkout importable, no user socket."""
     env = dict(os.environ)

@@ -9,7 +9,6 @@ importing again completes the job.  Two crashes: the writing process itself
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -21,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests.store.bridge_fixtures import (
+    WRITER_READY_AT_START,
     MiB,
     blob_files,
+    blob_writer_pids,
     corrupt_blobs,
     python_env,
     start_server,
@@ -30,15 +31,14 @@ from tests.store.bridge_fixtures import (
     tvixctl,
 )
 
-WRITER = """
+WRITER = (
+    WRITER_READY_AT_START
+    + """
 import os
 import sys
-import time
 from pathlib import Path
 
 import anyio
-
-from tvixd.castore.blobs import writer
 
 from clients.store.ingest import import_path_as_store_path
 from tvixd.castore.registry import blob_service_from_url, directory_service_from_url
@@ -56,18 +56,11 @@ async def main(state: str, trees: list[str]) -> None:
         print(info.store_path, flush=True)
 
 
-if "TEST_WRITER_START_AFTER" in os.environ:  # a writer process, taking blobs once started
+if "TEST_WRITER_START_AFTER" in os.environ:  # a writer process (taking blobs once started)
     writer.START_AFTER = int(os.environ["TEST_WRITER_START_AFTER"])
-    start = writer.WriterProcess.__init__
-
-    def started_and_ready(self, *args):
-        start(self, *args)
-        while not self.ready():
-            time.sleep(0.002)
-
-    writer.WriterProcess.__init__ = started_and_ready
 anyio.run(main, sys.argv[1], sys.argv[2:])
 """
+)
 
 TREES = 4
 LARGE_PER_TREE = 12
@@ -110,19 +103,6 @@ def verify(state: Path, socket: Path) -> tuple[int, str]:
     return done.returncode, (done.stdout + done.stderr).decode()
 
 
-def blob_writers(state: Path) -> list[str]:
-    """Pids of live blob writer processes (``tvixd.castore.blobs.writer``) for ``state``."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"tvixd.castore.blobs.writer" in argv and str(state / "blobs").encode() in argv:
-            found.append(pid)
-    return found
-
-
 @pytest.mark.parametrize(
     "start_after",
     [pytest.param(None, id="in-process"), pytest.param(16, id="writer-process")],
@@ -151,7 +131,7 @@ def test_writer_killed_mid_upload(
     writer.stdout.close()
     assert 1 <= len(finished) < TREES
     deadline = time.monotonic() + 30
-    while blob_writers(state):
+    while blob_writer_pids(state / "blobs"):
         assert time.monotonic() < deadline, "a blob writer process outlived its ingest"
         time.sleep(0.02)
     assert corrupt_blobs(state / "blobs") == []
